@@ -1,0 +1,90 @@
+"""The contract every engine module implements. Nothing else varies by engine.
+
+A backend module (``backends/jax.py``, ``backends/tensorflow.py``,
+``backends/torch.py``) exposes the names below at module level. The loop in
+``loops/`` calls only these; it never imports an engine itself.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Protocol, Sequence
+
+Tree = Any  # a nest (tuple/list/dict) of arrays
+
+
+class Runner(Protocol):
+    """Owns the values of every discovered variable while compiled steps run.
+
+    Engines whose compiled steps are pure (jax) keep the state on device between
+    steps and write it back to the ``keras.Variable`` objects only on ``sync``;
+    stateful engines (tensorflow, torch) have nothing to sync.
+    """
+
+    def compile(self, fn: Callable[[Tree], Tree], *, eager: bool, jit_compile: bool) -> Callable[[Tree], Tree]:
+        """Builds the callable that runs ``fn(batch)`` as one step.
+
+        Args:
+            fn: the step, written against ``keras.Variable`` objects and
+                ``keras.ops``: reads and assigns variables as if stateful.
+            eager: run ``fn`` as plain Python (``run_eagerly=True``): ``print``
+                and debuggers work inside it.
+            jit_compile: when not eager, compile with XLA / ``torch.compile``.
+
+        Returns:
+            ``step(batch) -> outputs``; outputs are engine tensors.
+        """
+        ...
+
+    def sync(self) -> None:
+        """Writes state held by compiled steps back into the variables."""
+        ...
+
+
+class Backend(Protocol):
+    NAME: str
+
+    def make_runner(self, variables: Sequence[Any]) -> Runner:
+        """A ``Runner`` over ``variables`` (every variable the trainer owns)."""
+        ...
+
+    def value_and_grad(
+        self,
+        fn: Callable[[], Any],
+        variables: Sequence[Any],
+        *,
+        has_aux: bool,
+        state: Sequence[Any],
+        detect_unused: bool,
+    ) -> tuple[Any, list[Any]]:
+        """Differentiates ``fn()`` with respect to ``variables``.
+
+        Args:
+            fn: takes no arguments, returns a scalar loss or ``(loss, aux)``.
+            variables: ``keras.Variable`` objects to differentiate against.
+            has_aux: whether ``fn`` returns ``(loss, aux)``.
+            state: every variable the trainer owns; engines whose
+                differentiation must be pure (jax) thread all of them through
+                and assign the updated values (BatchNorm statistics, seeds)
+                back after the call.
+            detect_unused: report a variable that does not reach the loss as a
+                ``None`` gradient even where the engine would return zeros.
+
+        Returns:
+            ``(out, grads)``: ``out`` as ``fn`` returned it, ``grads`` in the
+            order of ``variables``; ``None`` where the loss does not depend on
+            the variable.
+        """
+        ...
+
+    def to_native(self, batch: Tree) -> Tree:
+        """Host (NumPy) arrays to the engine's tensor type, same structure."""
+        ...
+
+    def step_context(self) -> AbstractContextManager[None]:
+        """The context every step runs in (torch: ``no_grad``)."""
+        ...
+
+    def resolve_jit_compile(self, value: bool | str) -> bool:
+        """``"auto"`` to a bool, as Keras resolves it for this engine."""
+        ...

@@ -1,0 +1,68 @@
+"""TensorFlow engine: the step under ``tf.function`` (XLA on request),
+gradients from ``tf.GradientTape``. Variables are stateful: nothing to sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+NAME = "tensorflow"
+
+
+class _Runner:
+    def __init__(self, variables: Sequence[keras.Variable]):
+        self.variables = list(variables)
+
+    def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool) -> Callable[[Any], Any]:
+        if eager:
+            return fn
+        # reduce_retracing: a ragged last batch gets one shape-generic trace
+        # instead of one trace per distinct shape.
+        return tf.function(fn, jit_compile=bool(jit_compile), reduce_retracing=True)
+
+    def sync(self) -> None:
+        return None
+
+
+def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
+    return _Runner(variables)
+
+
+def value_and_grad(
+    fn: Callable[[], Any],
+    variables: Sequence[keras.Variable],
+    *,
+    has_aux: bool,
+    state: Sequence[keras.Variable],
+    detect_unused: bool = False,
+) -> tuple[Any, list[Any]]:
+    del state, detect_unused  # stateful engine; the tape reports None itself
+    # `v.value` is the tf.Variable, or inside a StatelessScope the mapped
+    # tensor that every read of `v` returns: watching it covers both.
+    targets = [v.value for v in variables]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        for t in targets:
+            tape.watch(t)
+        out = fn()
+    loss = out[0] if has_aux else out
+    grads = tape.gradient(loss, targets, unconnected_gradients=tf.UnconnectedGradients.NONE)
+    return out, list(grads)
+
+
+def to_native(batch: Any) -> Any:
+    return tf.nest.map_structure(tf.convert_to_tensor, batch)
+
+
+def step_context() -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def resolve_jit_compile(value: bool | str) -> bool:
+    if value != "auto":
+        return bool(value)
+    # As Keras: XLA only when an accelerator is present.
+    return any(d.device_type != "CPU" for d in tf.config.list_physical_devices())

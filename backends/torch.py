@@ -1,0 +1,85 @@
+"""PyTorch engine: eager steps (``torch.compile`` on request), gradients from
+``torch.autograd.grad``. Steps run under ``no_grad``; only the function given
+to ``value_and_grad`` records a graph, so optimizer and metric updates never
+do, and gradients never leak into other networks' ``.grad``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Callable, Sequence
+
+import keras
+import torch
+
+NAME = "torch"
+
+# Depth of value_and_grad calls on this thread: a nested call must build a
+# differentiable graph (create_graph) so the outer call can differentiate it.
+_nesting = threading.local()
+
+
+class _Runner:
+    def __init__(self, variables: Sequence[keras.Variable]):
+        self.variables = list(variables)
+
+    def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool) -> Callable[[Any], Any]:
+        def step(batch: Any) -> Any:
+            with torch.no_grad():
+                return fn(batch)
+
+        if eager or not jit_compile:
+            return step
+        return torch.compile(step)
+
+    def sync(self) -> None:
+        return None
+
+
+def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
+    return _Runner(variables)
+
+
+def value_and_grad(
+    fn: Callable[[], Any],
+    variables: Sequence[keras.Variable],
+    *,
+    has_aux: bool,
+    state: Sequence[keras.Variable],
+    detect_unused: bool = False,
+) -> tuple[Any, list[Any]]:
+    del state, detect_unused  # stateful engine; autograd reports None itself
+    targets = [v.value for v in variables]
+    depth = getattr(_nesting, "depth", 0)
+    _nesting.depth = depth + 1
+    try:
+        with torch.enable_grad():
+            out = fn()
+    finally:
+        _nesting.depth = depth
+    loss = out[0] if has_aux else out
+    if not loss.requires_grad:
+        return out, [None] * len(targets)
+    nested = depth > 0
+    grads = torch.autograd.grad(
+        loss,
+        targets,
+        allow_unused=True,
+        create_graph=nested,
+        retain_graph=nested,
+    )
+    return out, list(grads)
+
+
+def to_native(batch: Any) -> Any:
+    return keras.tree.map_structure(keras.ops.convert_to_tensor, batch)
+
+
+def step_context() -> contextlib.AbstractContextManager[None]:
+    return torch.no_grad()
+
+
+def resolve_jit_compile(value: bool | str) -> bool:
+    # As Keras: "auto" means eager on torch.
+    return False if value == "auto" else bool(value)

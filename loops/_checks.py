@@ -1,0 +1,93 @@
+"""Checks that turn silent mistakes into errors that name the value and the fix.
+
+They run once, in the first (eager) step of each kind, never per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+
+
+def _shape(t: Any) -> tuple[int | None, ...]:
+    return tuple(keras.ops.shape(t))
+
+
+def _loss_name(loss: Any) -> str:
+    return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
+
+
+def _is_sparse(loss: Any) -> bool:
+    fn = getattr(loss, "fn", loss)
+    names = (_loss_name(loss), getattr(fn, "__name__", ""), type(loss).__name__)
+    return any("sparse" in n.lower() for n in names)
+
+
+def check_loss_shapes(compile_loss: Any, y: Any, y_pred: Any) -> None:
+    """Raises when labels cannot match the output their loss compares them to.
+
+    Keras broadcasts some mismatches silently (labels ``(n, 1)`` against an
+    output ``(n, 10)`` under MSE); here they are errors.
+    """
+    flat_losses = getattr(compile_loss, "_flat_losses", None) or []
+    for path, loss_fn, _, _ in flat_losses:
+        try:
+            y_t, y_p = y, y_pred
+            for key in path:
+                y_t, y_p = y_t[key], y_p[key]
+        except (KeyError, IndexError, TypeError):
+            continue  # structure handled by Keras's own error
+        if y_t is None or y_p is None or keras.tree.is_nested(y_t) or keras.tree.is_nested(y_p):
+            continue
+        st, sp = _shape(y_t), _shape(y_p)
+        output = ".".join(str(k) for k in path) or "the model output"
+        if _is_sparse(loss_fn):
+            ok = st == sp[:-1] or st == sp[:-1] + (1,)
+            fix = (f"sparse losses take integer class ids of shape {sp[:-1]}; for one-hot labels "
+                   "use the non-sparse loss (e.g. CategoricalCrossentropy)")
+        else:
+            squeeze = lambda s: s[:-1] if len(s) > 1 and s[-1] == 1 else s
+            ok = squeeze(st) == squeeze(sp)
+            fix = (f"labels must have the output's shape {sp}; for integer class ids use a sparse "
+                   "loss (e.g. SparseCategoricalCrossentropy), or change the output layer's width")
+        if not ok:
+            raise ValueError(
+                f"Loss {_loss_name(loss_fn)!r} cannot compare labels of shape {st} with "
+                f"{output} of shape {sp}: {fix}."
+            )
+
+
+def check_scalar_loss(loss: Any) -> None:
+    shape = _shape(loss)
+    if len(shape) != 0:
+        raise ValueError(
+            f"The function given to value_and_grad must return a scalar loss, got shape {shape}. "
+            "Reduce it first, e.g. keras.ops.mean(loss)."
+        )
+
+
+def check_no_gradient(variables: Sequence[keras.Variable], grads: Sequence[Any]) -> None:
+    missing = [v for v, g in zip(variables, grads) if g is None]
+    if missing:
+        names = ", ".join(f"{v.path} {tuple(v.shape)}" for v in missing)
+        raise ValueError(
+            f"No gradient reaches trainable variable(s) {names}. Likely causes: the variable is "
+            "not used in the loss, or it was used outside the function given to value_and_grad "
+            "(compute the forward pass inside it). Fix the loss, freeze the layer "
+            "(layer.trainable = False), or leave the variable out of `variables`."
+        )
+
+
+def check_variables(variables: Sequence[Any]) -> None:
+    for v in variables:
+        if not isinstance(v, keras.Variable):
+            raise TypeError(
+                f"value_and_grad differentiates keras.Variable objects, got {type(v).__name__}. "
+                "Pass e.g. model.trainable_variables."
+            )
+        if not v.trainable:
+            raise ValueError(
+                f"value_and_grad got non-trainable variable {v.path}; gradients are taken only with "
+                "respect to trainable variables (use model.trainable_variables)."
+            )

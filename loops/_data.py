@@ -1,0 +1,264 @@
+"""Data sources for the loop: NumPy arrays (and lists/dicts of them) and
+Python generators/iterables. Backend-neutral: batches are NumPy nests; the
+backend's ``to_native`` converts them.
+
+A batch is the element the user's ``train_step`` receives: ``(x, y)``,
+``(x, y, sample_weight)``, or ``x`` alone (``(x,)`` when ``x`` is itself a
+tuple or list, so the structure stays unambiguous).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Any, Iterable, Iterator
+
+import keras
+import numpy as np
+
+_ARRAY_TYPES = (np.ndarray, list, tuple, dict)
+
+
+def _leaves(tree: Any) -> list[Any]:
+    return [] if tree is None else keras.tree.flatten(tree)
+
+
+def _as_host(tree: Any) -> Any:
+    """NumPy leaves; float64 cast to floatx as Keras's adapters do."""
+
+    def convert(leaf: Any) -> Any:
+        if leaf is None:
+            return None
+        arr = np.asarray(leaf)
+        if arr.dtype == np.float64:
+            arr = arr.astype(keras.backend.floatx())
+        return arr
+
+    return keras.tree.map_structure(convert, tree) if tree is not None else None
+
+
+def _pack(x: Any, y: Any, sample_weight: Any) -> Any:
+    if y is None and sample_weight is None:
+        return (x,) if isinstance(x, (tuple, list)) else x
+    if sample_weight is None:
+        return (x, y)
+    return (x, y, sample_weight)
+
+
+def _class_weights(class_weight: dict[int, float], y: Any) -> np.ndarray:
+    """Per-sample weights from a ``{class: weight}`` dict and host labels."""
+    if keras.tree.is_nested(y):
+        raise ValueError(
+            "class_weight is only supported for models with a single output; "
+            "for several outputs pass sample_weight per output instead."
+        )
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        classes = np.argmax(y, axis=1)  # one-hot labels
+    else:
+        classes = y.reshape(len(y)).astype(np.int64)
+    table = np.asarray([class_weight[k] for k in range(max(class_weight) + 1)], dtype="float32")
+    if classes.size and (classes.min() < 0 or classes.max() >= len(table)):
+        raise ValueError(
+            f"class_weight has weights for classes 0..{len(table) - 1}, but the labels "
+            f"contain class {int(classes.max())}. Give a weight for every class."
+        )
+    return table[classes]
+
+
+def _validate_class_weight(class_weight: Any) -> None:
+    if class_weight is None:
+        return
+    if not isinstance(class_weight, dict) or not class_weight:
+        raise ValueError(f"class_weight must be a non-empty dict {{class_index: weight}}, got {class_weight!r}.")
+    keys = sorted(class_weight)
+    if keys != list(range(len(keys))):
+        raise ValueError(
+            f"class_weight must have keys 0..{len(keys) - 1} (one per class), got keys {keys}."
+        )
+
+
+class DataSource:
+    """One pass of ``batches()`` is one epoch (or ``steps`` batches)."""
+
+    num_batches: int | None = None
+
+    def peek(self) -> Any:
+        """The first batch, without consuming it (for building and checks)."""
+        raise NotImplementedError
+
+    def batches(self, steps: int | None = None) -> Iterator[Any]:
+        raise NotImplementedError
+
+
+class ArraySource(DataSource):
+    def __init__(self, x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int | None = None,
+                 shuffle: bool = False, class_weight: dict[int, float] | None = None,
+                 seed: int | None = None):
+        self.x, self.y, self.sample_weight = _as_host(x), _as_host(y), _as_host(sample_weight)
+        sizes = {name: [a.shape[0] if a.ndim else None for a in _leaves(tree)]
+                 for name, tree in (("x", self.x), ("y", self.y), ("sample_weight", self.sample_weight))}
+        flat = [(name, s) for name, ss in sizes.items() for s in ss]
+        if not flat or flat[0][0] != "x":
+            raise ValueError("No input data: pass x (a NumPy array, or a list/dict of arrays).")
+        if any(s is None for _, s in flat):
+            raise ValueError(f"Inputs must be arrays with a batch dimension; got a scalar among {sizes}.")
+        if len({s for _, s in flat}) != 1:
+            shown = ", ".join(f"{name} has {s} samples" for name, s in flat)
+            raise ValueError(
+                f"All inputs must have the same number of samples, but {shown}. "
+                "Pass x, y and sample_weight with matching first dimensions."
+            )
+        self.n = flat[0][1]
+        if self.n == 0:
+            raise ValueError("x is empty (0 samples): there is nothing to train on.")
+        if batch_size is None:
+            batch_size = 32
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        _validate_class_weight(class_weight)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.class_weight = class_weight
+        self.num_batches = -(-self.n // self.batch_size)
+        # Shuffling uses NumPy's generator, never an engine's: the same seed
+        # gives the same batch order on every backend.
+        self._rng = np.random.default_rng(np.random.randint(2**31) if seed is None else seed)
+        self._stream: Iterator[Any] | None = None
+
+    def split(self, fraction: float) -> tuple[ArraySource, ArraySource]:
+        """Keras's ``validation_split``: the last ``fraction`` of the samples,
+        taken before shuffling, become the validation set."""
+        cut = int(self.n * (1.0 - fraction))
+        if cut == 0 or cut == self.n:
+            raise ValueError(
+                f"validation_split={fraction} leaves {'no training' if cut == 0 else 'no validation'} "
+                f"samples out of {self.n}. Use a split that keeps both sets non-empty."
+            )
+        take = lambda tree, sl: None if tree is None else keras.tree.map_structure(lambda a: a[sl], tree)
+        train = ArraySource(take(self.x, slice(None, cut)), take(self.y, slice(None, cut)),
+                            take(self.sample_weight, slice(None, cut)), batch_size=self.batch_size,
+                            shuffle=self.shuffle, class_weight=self.class_weight,
+                            seed=int(self._rng.integers(2**31)))
+        val = ArraySource(take(self.x, slice(cut, None)), take(self.y, slice(cut, None)),
+                          take(self.sample_weight, slice(cut, None)), batch_size=self.batch_size)
+        return train, val
+
+    def _batch(self, idx: np.ndarray) -> Any:
+        pick = lambda tree: None if tree is None else keras.tree.map_structure(lambda a: a[idx], tree)
+        x, y, sw = pick(self.x), pick(self.y), pick(self.sample_weight)
+        if self.class_weight is not None and y is not None:
+            cw = _class_weights(self.class_weight, y)
+            sw = cw if sw is None else sw * cw
+        return _pack(x, y, sw)
+
+    def _one_pass(self) -> Iterator[Any]:
+        order = self._rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            yield self._batch(order[start:start + self.batch_size])
+
+    def peek(self) -> Any:
+        return self._batch(np.arange(min(self.batch_size, self.n)))
+
+    def batches(self, steps: int | None = None) -> Iterator[Any]:
+        if steps is None:
+            yield from self._one_pass()
+            return
+        # With an explicit step count the position carries over between
+        # epochs, reshuffling at each pass through the data (as Keras does).
+        if self._stream is None:
+            self._stream = itertools.chain.from_iterable(self._one_pass() for _ in itertools.count())
+        yield from itertools.islice(self._stream, steps)
+
+
+class IterableSource(DataSource):
+    """Generators, iterators and re-iterable collections of batches."""
+
+    def __init__(self, data: Iterable[Any], *, class_weight: dict[int, float] | None = None):
+        _validate_class_weight(class_weight)
+        self._data = data
+        self._class_weight = class_weight
+        # An iterator carries over between epochs; a re-iterable (a list of
+        # batches) starts again each epoch.
+        self._reiterable = iter(data) is not data
+        self._iter: Iterator[Any] | None = None
+        self._pending: list[Any] = []
+        self._structure: Any = None
+        self.num_batches = len(data) if self._reiterable and hasattr(data, "__len__") else None  # type: ignore[arg-type]
+
+    def _next_raw(self) -> Any:
+        if self._pending:
+            return self._pending.pop()
+        if self._iter is None:
+            self._iter = iter(self._data)
+        return next(self._iter)
+
+    def _standardize(self, element: Any) -> Any:
+        element = _as_host(element)
+        structure = keras.tree.map_structure(lambda a: None if a is None else (a.dtype, a.shape[1:]), element)
+        if self._structure is None:
+            self._structure = structure
+        elif structure != self._structure:
+            raise ValueError(
+                "The generator yielded batches of inconsistent structure: first "
+                f"{self._structure}, now {structure} ((dtype, shape without batch) per leaf). "
+                "Yield the same nest of arrays every time."
+            )
+        if self._class_weight is not None and isinstance(element, tuple) and len(element) >= 2:
+            x, y = element[0], element[1]
+            sw = element[2] if len(element) == 3 else None
+            cw = _class_weights(self._class_weight, y)
+            element = (x, y, cw if sw is None else sw * cw)
+        return element
+
+    def peek(self) -> Any:
+        try:
+            raw = self._next_raw()
+        except StopIteration:
+            raise ValueError("The data source is empty: it yielded no batch.") from None
+        self._pending.append(raw)
+        return self._standardize(raw)
+
+    def batches(self, steps: int | None = None) -> Iterator[Any]:
+        if self._reiterable and not self._pending and steps is None:
+            self._iter = None  # restart a re-iterable each epoch
+        count = 0
+        while steps is None or count < steps:
+            try:
+                raw = self._next_raw()
+            except StopIteration:
+                self._iter = None if self._reiterable else self._iter
+                if steps is not None:
+                    warnings.warn(
+                        f"The data ran out after {count} of the requested {steps} steps. "
+                        "Make the generator loop forever, or lower steps_per_epoch / steps.",
+                        stacklevel=3,
+                    )
+                return
+            count += 1
+            yield self._standardize(raw)
+
+
+def make_source(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int | None = None,
+                shuffle: bool = False, class_weight: dict[int, float] | None = None,
+                seed: int | None = None) -> DataSource:
+    """Picks the adapter for ``x`` and checks the arguments that go with it."""
+    if isinstance(x, DataSource):
+        return x
+    if x is None:
+        raise ValueError("No input data: pass x (arrays, or a generator/iterable of batches).")
+    if isinstance(x, _ARRAY_TYPES) or hasattr(x, "__array__"):
+        return ArraySource(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
+                           class_weight=class_weight, seed=seed)
+    if hasattr(x, "__iter__") or hasattr(x, "__next__"):
+        for name, value in (("y", y), ("sample_weight", sample_weight)):
+            if value is not None:
+                raise ValueError(
+                    f"`{name}` must not be given when x is a generator or iterable "
+                    f"(got x={type(x).__name__}); yield (x, y) or (x, y, sample_weight) tuples instead."
+                )
+        return IterableSource(x, class_weight=class_weight)
+    raise ValueError(
+        f"Unsupported input type {type(x).__name__} for x. Pass NumPy arrays (or lists/dicts "
+        "of them), or a generator/iterable yielding batches."
+    )

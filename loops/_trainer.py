@@ -1,0 +1,473 @@
+"""``Trainer``: configuration, the default steps, ``value_and_grad`` and state.
+
+The loop itself (``fit``/``evaluate``/``predict``) is in ``loops/_loop.py``;
+engines are reached only through ``backends`` (see ``backends/_protocol.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+
+import backends
+from loops import _checks
+from loops._keras_private import CompileLoss, CompileMetrics
+from loops._loop import LoopMixin
+from loops._state import discover_variables, owned_objects
+
+_STEP_KINDS = ("train", "test", "predict")
+
+
+class _RecordingScope(keras.StatelessScope):
+    """A throwaway scope that remembers every variable a step assigns."""
+
+    def __init__(self) -> None:
+        # No mapping: reads see the real variables (engines key optimizer slots
+        # by the real variable objects), assigns are recorded and then dropped.
+        super().__init__(collect_losses=True)
+        self.assigned: dict[int, keras.Variable] = {}
+
+    def add_update(self, update: tuple[keras.Variable, Any]) -> None:
+        self.assigned[id(update[0])] = update[0]
+        super().add_update(update)
+
+
+def _build_only(optimizer: keras.optimizers.Optimizer) -> Callable[..., None]:
+    def apply(grads: Sequence[Any], trainable_variables: Sequence[keras.Variable] | None = None) -> None:
+        if not optimizer.built:
+            if trainable_variables is None:
+                raise ValueError(
+                    f"Optimizer {optimizer.name!r} is applied before it was built and without "
+                    "variables: call optimizer.apply(grads, variables).")
+            optimizer.build(list(trainable_variables))
+
+    return apply
+
+
+class Trainer(LoopMixin):
+    """A training loop written once, run by the engine ``KERAS_BACKEND`` names.
+
+    Args:
+        model: the ``keras.Model`` the default steps train; a subclass with its
+            own ``train_step`` may leave it ``None`` and hold any number of
+            models, optimizers, metrics and seed generators as attributes.
+        optimizer, loss, metrics, loss_weights, weighted_metrics: what
+            ``keras.Model.compile`` accepts (objects or string aliases).
+        jit_compile: ``"auto"`` (as Keras: XLA on jax, on tensorflow only with an
+            accelerator, eager torch), ``True`` or ``False``.
+        run_eagerly: run steps as plain Python on every backend, so ``print``
+            and a debugger work inside ``train_step``.
+        steps_per_execution: batches run per compiled call.
+        seed: seed for shuffling array inputs (backend-independent order).
+
+    Example:
+        >>> trainer = Trainer(model, optimizer="adam",
+        ...                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        ...                   metrics=["accuracy"])
+        >>> history = trainer.fit(x, y, batch_size=128, epochs=10, validation_split=0.1)
+        >>> trainer.evaluate(x_test, y_test, return_dict=True)
+    """
+
+    def __init__(
+        self,
+        model: keras.Model | None = None,
+        optimizer: Any = None,
+        loss: Any = None,
+        metrics: Any = None,
+        *,
+        loss_weights: Any = None,
+        weighted_metrics: Any = None,
+        jit_compile: bool | str = "auto",
+        run_eagerly: bool = False,
+        steps_per_execution: int = 1,
+        seed: int | None = None,
+    ):
+        if model is not None and not isinstance(model, keras.Layer):
+            raise TypeError(
+                f"Trainer(model=...) takes a keras.Model, got {type(model).__name__}. "
+                "Wrap a torch.nn.Module in keras.layers.TorchModuleWrapper, or build a keras.Model."
+            )
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError(f"jit_compile must be True, False or 'auto', got {jit_compile!r}.")
+        if not isinstance(steps_per_execution, int) or isinstance(steps_per_execution, bool) \
+                or steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be a positive integer, got {steps_per_execution!r}.")
+        self.model = model
+        self.optimizer = keras.optimizers.get(optimizer) if optimizer is not None else None
+        output_names = getattr(model, "output_names", None)
+        for leaf in keras.tree.flatten(loss) if loss is not None else []:
+            if isinstance(leaf, str):
+                keras.losses.get(leaf)  # raises Keras's error for an unknown name now
+        self._compile_loss = CompileLoss(loss, loss_weights, output_names=output_names) if loss is not None else None
+        self._compile_metrics = (CompileMetrics(metrics, weighted_metrics, output_names=output_names)
+                                 if metrics is not None or weighted_metrics is not None else None)
+        self._loss_tracker = keras.metrics.Mean(name="loss")
+        self.jit_compile = jit_compile
+        self.run_eagerly = run_eagerly
+        self.steps_per_execution = steps_per_execution
+        self.seed = seed
+        self.stop_training = False
+        self.stop_evaluating = False
+        self.stop_predicting = False
+        self.history: keras.callbacks.History | None = None
+        self._engine = backends.get()
+        self._runner: Any = None
+        self._runner_key: tuple[Any, ...] | None = None
+        self._step_fns: dict[str, Callable[[Any], Any]] = {}
+        self._state: list[keras.Variable] = []
+        self._in_first_step = False
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def models(self) -> list[keras.Layer]:
+        """Every Keras model/layer held as an attribute, in attribute order."""
+        return [o for o in owned_objects(self) if isinstance(o, keras.Layer)]
+
+    @property
+    def optimizers(self) -> list[keras.optimizers.Optimizer]:
+        return [o for o in owned_objects(self) if isinstance(o, keras.optimizers.Optimizer)]
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        """Every metric the trainer tracks; the loop resets them each epoch.
+
+        Order as Keras: the loss tracker, the compiled metrics, per-output loss
+        trackers, then metrics held as attributes and the models' own metrics.
+        """
+        found: list[keras.metrics.Metric] = []
+        if self._compile_loss is not None or type(self).train_step is Trainer.train_step:
+            found.append(self._loss_tracker)
+        if self._compile_metrics is not None:
+            found.append(self._compile_metrics)
+        if self._compile_loss is not None:
+            found.extend(self._compile_loss.metrics)
+        for obj in owned_objects(self):
+            if isinstance(obj, keras.metrics.Metric) and obj not in found and obj is not self._loss_tracker:
+                found.append(obj)
+        for model in self.models:
+            found.extend(m for m in model.metrics if m not in found)
+        return found
+
+    @property
+    def metrics_names(self) -> list[str]:
+        return [m.name for m in self.metrics]
+
+    def reset_metrics(self) -> None:
+        self._sync()
+        for m in self.metrics:
+            m.reset_state()
+
+    @property
+    def trainable_variables(self) -> list[keras.Variable]:
+        return [v for v in self.variables if v.trainable]
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        """Every variable the trainer owns (models, optimizers, metrics, seeds)."""
+        return discover_variables(self)
+
+    def _sync(self) -> None:
+        """Writes device-held state (jax) back into the variables."""
+        if self._runner is not None:
+            self._runner.sync()
+
+    def jax_state_sync(self) -> None:
+        # Keras callbacks call this (by name, on jax) before reading the model.
+        self._sync()
+
+    # ---------------------------------------------------------------- weights
+
+    def _models_or_raise(self, what: str) -> list[keras.Layer]:
+        models = self.models
+        if not models:
+            raise ValueError(f"{what}: this Trainer holds no keras.Model. Pass Trainer(model, ...).")
+        return models
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Weights of every model the trainer owns, concatenated in order."""
+        self._sync()
+        return [w for m in self._models_or_raise("get_weights") for w in m.get_weights()]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        self._sync()
+        models = self._models_or_raise("set_weights")
+        expected = sum(len(m.weights) for m in models)
+        if len(weights) != expected:
+            raise ValueError(
+                f"set_weights got {len(weights)} arrays, but the trainer's models have {expected} "
+                "weights. Pass the list that get_weights() returns."
+            )
+        start = 0
+        for m in models:
+            m.set_weights(weights[start:start + len(m.weights)])
+            start += len(m.weights)
+
+    def _bundle(self) -> keras.Layer:
+        models = self._models_or_raise("save_weights")
+        if len(models) == 1:
+            return models[0]  # the file then loads with plain model.load_weights
+        bundle = keras.Model()
+        for name, value in vars(self).items():
+            if isinstance(value, keras.Layer):
+                setattr(bundle, name, value)
+        return bundle
+
+    def save_weights(self, filepath: str | os.PathLike[str]) -> None:
+        """Saves every model's weights to one ``.weights.h5`` file, atomically."""
+        path = os.fspath(filepath)
+        if not path.endswith(".weights.h5"):
+            raise ValueError(f"save_weights needs a path ending in '.weights.h5', got {path!r}.")
+        self._sync()
+        target = self._bundle()
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=directory)
+        os.close(fd)
+        try:
+            target.save_weights(tmp, overwrite=True)
+            os.replace(tmp, path)  # atomic: readers see the old file or the new one
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def load_weights(self, filepath: str | os.PathLike[str]) -> None:
+        self._sync()
+        self._bundle().load_weights(os.fspath(filepath))
+
+    def save(self, filepath: str | os.PathLike[str], overwrite: bool = True) -> None:
+        """Saves the (single) model as a ``.keras`` file (used by ModelCheckpoint)."""
+        models = self._models_or_raise("save")
+        if len(models) != 1:
+            raise ValueError(
+                f"save() writes one model, but this trainer holds {len(models)}. "
+                "Use save_weights('all.weights.h5'), or save each model yourself."
+            )
+        self._sync()
+        path = os.fspath(filepath)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1] or ".keras", dir=directory)
+        os.close(fd)
+        try:
+            models[0].save(tmp, overwrite=True)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    # ---------------------------------------------------------- differentiation
+
+    def value_and_grad(self, fn: Callable[[], Any], variables: Sequence[keras.Variable],
+                       has_aux: bool = False) -> tuple[Any, list[Any]]:
+        """Differentiates ``fn()`` with respect to ``variables``, on any backend.
+
+        Args:
+            fn: takes no arguments; returns a scalar loss, or ``(loss, aux)``.
+                Run the forward pass inside it. It may be nested (second-order
+                gradients): call ``value_and_grad`` inside ``fn``.
+            variables: trainable ``keras.Variable`` objects.
+            has_aux: whether ``fn`` returns ``(loss, aux)``.
+
+        Returns:
+            ``(loss, grads)`` or ``((loss, aux), grads)``; grads in the order of
+            ``variables``.
+
+        Example:
+            >>> def d_loss():
+            ...     return bce(ones, self.discriminator(real, training=True))
+            >>> d, grads = self.value_and_grad(d_loss, self.discriminator.trainable_variables)
+            >>> self.d_opt.apply(grads, self.discriminator.trainable_variables)
+        """
+        variables = list(variables)
+        _checks.check_variables(variables)
+
+        def checked() -> Any:
+            out = fn()
+            if has_aux and not (isinstance(out, tuple) and len(out) == 2):
+                raise ValueError(
+                    f"value_and_grad(has_aux=True) needs fn to return (loss, aux), got {type(out).__name__}."
+                )
+            _checks.check_scalar_loss(out[0] if has_aux else out)
+            return out
+
+        state = self._state or discover_variables(self)
+        out, grads = self._engine.value_and_grad(
+            checked, variables, has_aux=has_aux, state=state, detect_unused=self._in_first_step)
+        _checks.check_no_gradient(variables, grads)
+        return out, grads
+
+    # ------------------------------------------------------------ default steps
+
+    def _call_model(self, x: Any, training: bool) -> Any:
+        model = self.model
+        if model is None:
+            raise ValueError(
+                "This Trainer has no model: pass Trainer(model, ...) or override the step methods."
+            )
+        has_training = getattr(model, "_call_has_training_arg", None)
+        if has_training is None:
+            params = inspect.signature(model.call).parameters
+            has_training = "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        return model(x, training=training) if has_training else model(x)
+
+    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None,
+                     training: bool = True) -> Any:
+        """The configured loss plus the models' ``losses`` (``add_loss``, regularizers)."""
+        del x
+        losses = []
+        if self._compile_loss is not None and y is not None:
+            if self._in_first_step:
+                if not self._compile_loss.built:
+                    self._compile_loss.build(y, y_pred)
+                _checks.check_loss_shapes(self._compile_loss, y, y_pred)
+            loss = self._compile_loss(y, y_pred, sample_weight)
+            if loss is not None:
+                losses.append(loss)
+        for model in self.models:
+            for extra in model.losses:
+                if not keras.backend.is_float_dtype(extra.dtype):
+                    extra = keras.ops.cast(extra, keras.backend.floatx())
+                losses.append(keras.ops.sum(extra))
+        if not losses:
+            if training:
+                raise ValueError(
+                    "There is no loss to minimise: pass Trainer(model, loss=...) (and labels y), or "
+                    "add losses to the model with add_loss()."
+                    if self._compile_loss is None else
+                    "A loss is configured but the data has no labels: pass y to fit(), or yield (x, y) batches."
+                )
+            return keras.ops.zeros(())
+        return losses[0] if len(losses) == 1 else keras.ops.sum(keras.ops.stack(losses))
+
+    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> dict[str, Any]:
+        del x
+        if self._compile_metrics is not None and y is not None:
+            self._compile_metrics.update_state(y, y_pred, sample_weight)
+        return self.get_metrics_result()
+
+    def get_metrics_result(self) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        for metric in self.metrics:
+            result = metric.result()
+            if isinstance(result, dict):
+                results.update(result)
+            else:
+                results[metric.name] = result
+        return results
+
+    @staticmethod
+    def _batch_size(x: Any) -> Any:
+        return keras.ops.shape(next(t for t in keras.tree.flatten(x) if t is not None))[0]
+
+    def train_step(self, batch: Any) -> dict[str, Any]:
+        """One optimisation step on ``batch``; returns the logs. Override freely:
+        written in ``keras.ops`` and ``self.value_and_grad``, it runs compiled on
+        every backend."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        variables = self.model.trainable_variables if self.model is not None else []
+
+        def loss_fn() -> tuple[Any, tuple[Any, Any]]:
+            y_pred = self._call_model(x, training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
+            return self.optimizer.scale_loss(loss), (loss, y_pred)
+
+        (_, (loss, y_pred)), grads = self.value_and_grad(loss_fn, variables, has_aux=True)
+        self.optimizer.apply(grads, variables)
+        self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x))
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def test_step(self, batch: Any) -> dict[str, Any]:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        y_pred = self._call_model(x, training=False)
+        loss = self.compute_loss(x, y, y_pred, sample_weight, training=False)
+        self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x))
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def predict_step(self, batch: Any) -> Any:
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        return self._call_model(x, training=False)
+
+    # ------------------------------------------------------------- compilation
+
+    def _check_can_train(self) -> None:
+        if type(self).train_step is not Trainer.train_step:
+            return  # a custom step brings its own models and optimizers
+        if self.model is None:
+            raise ValueError("fit() needs a model: pass Trainer(model, optimizer=..., loss=...).")
+        if self.optimizer is None:
+            raise ValueError(
+                "fit() needs an optimizer: pass Trainer(model, optimizer='adam', ...) or set "
+                "trainer.optimizer = keras.optimizers.Adam(1e-3) before fit()."
+            )
+        if not self.model.trainable_variables and self.model.built:
+            raise ValueError(f"Model {self.model.name!r} has no trainable variables to fit.")
+
+    def _first_step(self, step: Callable[[Any], Any], batch: Any) -> None:
+        """Runs ``step`` once eagerly with every state change discarded.
+
+        It builds whatever is still unbuilt (model, compiled metrics, any
+        optimizer, whose variables exist only after ``build``) before the state
+        is collected for compilation, and it runs the one-time checks: shapes,
+        variables without a gradient, and variables the step assigns that the
+        trainer cannot see (under jax.jit their updates would be lost).
+        """
+        self._state = discover_variables(self)
+        # Optimizers only build here: their updates are engine-specific writes
+        # (tensorflow's bypass keras.Variable) that no scope can intercept.
+        optimizers = self.optimizers
+        for opt in optimizers:
+            opt.apply = _build_only(opt)  # instance attribute shadows the method
+        self._in_first_step = True
+        try:
+            with self._engine.step_context(), _RecordingScope() as scope:
+                step(batch)
+        finally:
+            self._in_first_step = False
+            for opt in optimizers:
+                vars(opt).pop("apply", None)
+        known = {id(v) for v in discover_variables(self)}
+        stray = [v for i, v in scope.assigned.items() if i not in known]
+        if stray:
+            names = ", ".join(f"{v.path} {tuple(v.shape)}" for v in stray)
+            raise ValueError(
+                f"The step assigns variable(s) {names} that the Trainer cannot see. Under jax.jit the "
+                "update would be lost (a SeedGenerator would give the same noise every step). Make the "
+                "owner an attribute of the Trainer (self.noise = keras.random.SeedGenerator(0)) or of a "
+                "layer the Trainer holds."
+            )
+
+    def _step_fn(self, kind: str, sample: Any) -> Callable[[Any], Any]:
+        """The compiled function for ``kind``, built on first use (and again
+        when the set of variables or the compile options change)."""
+        step = {"train": self.train_step, "test": self.test_step, "predict": self.predict_step}[kind]
+        jit = self._engine.resolve_jit_compile(self.jit_compile)
+        if kind not in self._step_fns or self._runner_key != self._key(jit):
+            self._sync()
+            self._first_step(step, self._engine.to_native(sample))
+            key = self._key(jit)
+            if key != self._runner_key:
+                self._runner = self._engine.make_runner(self._state)
+                self._runner_key = key
+                self._step_fns = {}
+            k = self.steps_per_execution
+
+            def execution(batches: tuple[Any, ...]) -> Any:
+                logs = None
+                for b in batches:  # k steps fused into one compiled call
+                    logs = step(b)
+                return logs
+
+            self._step_fns[kind] = (
+                self._runner.compile(execution, eager=bool(self.run_eagerly), jit_compile=jit)
+                if k > 1 and kind != "predict" else
+                self._runner.compile(step, eager=bool(self.run_eagerly), jit_compile=jit)
+            )
+        return self._step_fns[kind]
+
+    def _key(self, jit: bool) -> tuple[Any, ...]:
+        self._state = discover_variables(self)
+        return (tuple(id(v) for v in self._state), bool(self.run_eagerly), jit, self.steps_per_execution)
