@@ -443,7 +443,13 @@ class Trainer(LoopMixin):
     def _step_fn(self, kind: str, sample: Any) -> Callable[[Any], Any]:
         """The compiled function for ``kind``, built on first use (and again
         when the set of variables or the compile options change)."""
-        step = {"train": self.train_step, "test": self.test_step, "predict": self.predict_step}[kind]
+        user_step = {"train": self.train_step, "test": self.test_step, "predict": self.predict_step}[kind]
+
+        def step(batch: Any) -> Any:
+            # A step may return a keras.Variable (a metric's result()); return its value.
+            return keras.tree.map_structure(
+                lambda t: t.value if isinstance(t, keras.Variable) else t, user_step(batch))
+
         jit = self._engine.resolve_jit_compile(self.jit_compile)
         if kind not in self._step_fns or self._runner_key != self._key(jit):
             self._sync()
