@@ -31,7 +31,7 @@ def check_loss_shapes(compile_loss: Any, y: Any, y_pred: Any) -> None:
     output ``(n, 10)`` under MSE); here they are errors.
     """
     flat_losses = getattr(compile_loss, "_flat_losses", None) or []
-    for path, loss_fn, _, _ in flat_losses:
+    for path, loss_fn, _, output_name in flat_losses:
         try:
             y_t, y_p = y, y_pred
             for key in path:
@@ -41,7 +41,8 @@ def check_loss_shapes(compile_loss: Any, y: Any, y_pred: Any) -> None:
         if y_t is None or y_p is None or keras.tree.is_nested(y_t) or keras.tree.is_nested(y_p):
             continue
         st, sp = _shape(y_t), _shape(y_p)
-        output = ".".join(str(k) for k in path) or "the model output"
+        output = (f"model output {output_name!r}" if output_name
+                  else f"model output {'.'.join(map(str, path))!r}" if path else "the model output")
         if _is_sparse(loss_fn):
             ok = st == sp[:-1] or st == sp[:-1] + (1,)
             fix = (f"sparse losses take integer class ids of shape {sp[:-1]}; for one-hot labels "
