@@ -247,7 +247,9 @@ def make_source(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size:
         return x
     if x is None:
         raise ValueError("No input data: pass x (arrays, or a generator/iterable of batches).")
-    if isinstance(x, _ARRAY_TYPES) or hasattr(x, "__array__"):
+    # A list of (x, y) tuples is a collection of batches, not multi-input arrays.
+    batches_in_a_list = isinstance(x, list) and bool(x) and all(isinstance(e, tuple) for e in x)
+    if not batches_in_a_list and (isinstance(x, _ARRAY_TYPES) or hasattr(x, "__array__")):
         return ArraySource(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
                            class_weight=class_weight, seed=seed)
     if hasattr(x, "__iter__") or hasattr(x, "__next__"):
