@@ -109,7 +109,7 @@ class ArraySource(DataSource):
                 f"All inputs must have the same number of samples, but {shown}. "
                 "Pass x, y and sample_weight with matching first dimensions."
             )
-        self.n = flat[0][1]
+        self.n: int = int(flat[0][1])  # type: ignore[arg-type]  # None excluded above
         if self.n == 0:
             raise ValueError("x is empty (0 samples): there is nothing to train on.")
         if batch_size is None:

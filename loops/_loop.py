@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
@@ -47,7 +47,32 @@ def _should_eval(epoch: int, validation_freq: Any) -> bool:
 
 
 class LoopMixin:
-    """fit / evaluate / predict; mixed into ``Trainer``."""
+    """fit / evaluate / predict; mixed into ``Trainer``, which provides these."""
+
+    _engine: Any
+    seed: int | None
+    steps_per_execution: int
+    stop_training: bool
+    stop_evaluating: bool
+    stop_predicting: bool
+    history: keras.callbacks.History | None
+    optimizer: keras.optimizers.Optimizer | None
+    model: keras.Model | None
+
+    def _step_fn(self, kind: str, sample: Any) -> Callable[[Any], Any]:
+        raise NotImplementedError
+
+    def _sync(self) -> None:
+        raise NotImplementedError
+
+    def _check_can_train(self) -> None:
+        raise NotImplementedError
+
+    def reset_metrics(self) -> None:
+        raise NotImplementedError
+
+    def get_metrics_result(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _callback_list(self, callbacks: Any, verbose: int, epochs: int, steps: int | None,
                        add_history: bool) -> keras.callbacks.CallbackList:
@@ -59,7 +84,7 @@ class LoopMixin:
 
     def _executions(self, source: DataSource, steps: int | None, k: int) -> Iterator[tuple[int, int, Any]]:
         """(first step, last step, native batch or tuple of k batches)."""
-        to_native = self._engine.to_native  # type: ignore[attr-defined]
+        to_native = self._engine.to_native
         it = source.batches(steps)
         step = 0
         while True:
@@ -73,8 +98,8 @@ class LoopMixin:
     def _epoch_logs(self, last_logs: dict[str, Any] | None) -> dict[str, Any]:
         """Metric results if the step returned exactly the metrics (the usual
         case), else the last step's logs (custom steps), as Keras does."""
-        self._sync()  # type: ignore[attr-defined]
-        metric_logs = self.get_metrics_result()  # type: ignore[attr-defined]
+        self._sync()
+        metric_logs = self.get_metrics_result()
         if isinstance(last_logs, dict) and set(last_logs) == set(metric_logs):
             return _host_logs(metric_logs)
         return _host_logs(last_logs)
@@ -104,10 +129,10 @@ class LoopMixin:
             raise ValueError(f"validation_freq must be a positive int or a list of epochs, got {validation_freq!r}.")
         for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
             _check_steps(name, value)
-        self._check_can_train()  # type: ignore[attr-defined]
+        self._check_can_train()
 
         train = make_source(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
-                            class_weight=class_weight, seed=self.seed)  # type: ignore[attr-defined]
+                            class_weight=class_weight, seed=self.seed)
         val: DataSource | None = None
         if validation_split:
             if not isinstance(train, ArraySource):
@@ -126,20 +151,20 @@ class LoopMixin:
 
         # Build and check everything before the first callback fires, so bad
         # input fails here and not after an epoch of work.
-        train_fn = self._step_fn("train", train.peek())  # type: ignore[attr-defined]
+        train_fn = self._step_fn("train", train.peek())
         if val is not None:
-            self._step_fn("test", val.peek())  # type: ignore[attr-defined]
-            train_fn = self._step_fn("train", train.peek())  # type: ignore[attr-defined]
+            self._step_fn("test", val.peek())
+            train_fn = self._step_fn("train", train.peek())
 
         steps = steps_per_epoch or train.num_batches
         cbs = self._callback_list(callbacks, verbose, epochs, steps, add_history=True)
         self.stop_training = False
-        k = self.steps_per_execution  # type: ignore[attr-defined]
+        k = self.steps_per_execution
         training_logs: dict[str, Any] | None = None
         try:
             cbs.on_train_begin()
             for epoch in range(initial_epoch, epochs):
-                self.reset_metrics()  # type: ignore[attr-defined]
+                self.reset_metrics()
                 cbs.on_epoch_begin(epoch)
                 logs: dict[str, Any] | None = None
                 for first, last, batch in self._executions(train, steps_per_epoch, k):
@@ -165,23 +190,24 @@ class LoopMixin:
             self._finalize_optimizers(epochs)
             cbs.on_train_end(logs=training_logs)
         finally:
-            self._sync()  # type: ignore[attr-defined]
-        return self.history  # type: ignore[return-value]
+            self._sync()
+        assert self.history is not None  # set by CallbackList(add_history=True)
+        return self.history
 
     def _finalize_optimizers(self, epochs: int) -> None:
         # Keras swaps EMA weights in at the end of fit (use_ema=True).
-        if epochs > 0 and self.optimizer is not None and self.model is not None:  # type: ignore[attr-defined]
-            self._sync()  # type: ignore[attr-defined]
-            self.optimizer.finalize_variable_values(self.model.trainable_variables)  # type: ignore[attr-defined]
+        if epochs > 0 and self.optimizer is not None and self.model is not None:
+            self._sync()
+            self.optimizer.finalize_variable_values(self.model.trainable_variables)
 
     def _run_evaluate(self, source: DataSource, cbs: keras.callbacks.CallbackList,
                       steps: int | None) -> dict[str, Any]:
-        test_fn = self._step_fn("test", source.peek())  # type: ignore[attr-defined]
+        test_fn = self._step_fn("test", source.peek())
         self.stop_evaluating = False
         cbs.on_test_begin()
-        self.reset_metrics()  # type: ignore[attr-defined]
+        self.reset_metrics()
         logs: dict[str, Any] | None = None
-        for first, last, batch in self._executions(source, steps, self.steps_per_execution):  # type: ignore[attr-defined]
+        for first, last, batch in self._executions(source, steps, self.steps_per_execution):
             cbs.on_test_batch_begin(first)
             logs = test_fn(batch)
             cbs.on_test_batch_end(last, logs)
@@ -207,7 +233,7 @@ class LoopMixin:
         try:
             logs = self._run_evaluate(source, cbs, steps)
         finally:
-            self._sync()  # type: ignore[attr-defined]
+            self._sync()
         if return_dict:
             return logs
         values = list(logs.values())
@@ -219,7 +245,7 @@ class LoopMixin:
         verbose = _resolve_verbose(verbose)
         _check_steps("steps", steps)
         source = make_source(x, batch_size=batch_size)
-        predict_fn = self._step_fn("predict", source.peek())  # type: ignore[attr-defined]
+        predict_fn = self._step_fn("predict", source.peek())
         cbs = self._callback_list(callbacks, verbose, 1, steps or source.num_batches, add_history=False)
         self.stop_predicting = False
         outputs: list[Any] = []
@@ -234,7 +260,7 @@ class LoopMixin:
                     break
             cbs.on_predict_end()
         finally:
-            self._sync()  # type: ignore[attr-defined]
+            self._sync()
         if not outputs:
             raise ValueError("predict() got no batches: the data is empty.")
         return keras.tree.map_structure(lambda *parts: np.concatenate(parts, axis=0), *outputs)

@@ -368,15 +368,18 @@ class Trainer(LoopMixin):
         written in ``keras.ops`` and ``self.value_and_grad``, it runs compiled on
         every backend."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-        variables = self.model.trainable_variables if self.model is not None else []
+        optimizer = self.optimizer
+        if optimizer is None or self.model is None:
+            raise ValueError("The default train_step needs Trainer(model, optimizer=..., loss=...).")
+        variables = self.model.trainable_variables
 
         def loss_fn() -> tuple[Any, tuple[Any, Any]]:
             y_pred = self._call_model(x, training=True)
             loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
-            return self.optimizer.scale_loss(loss), (loss, y_pred)
+            return optimizer.scale_loss(loss), (loss, y_pred)
 
         (_, (loss, y_pred)), grads = self.value_and_grad(loss_fn, variables, has_aux=True)
-        self.optimizer.apply(grads, variables)
+        optimizer.apply(grads, variables)
         self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x))
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
