@@ -50,18 +50,21 @@ class Backend(Protocol):
 
     def value_and_grad(
         self,
-        fn: Callable[[], Any],
+        fn: Callable[..., Any],
         variables: Sequence[Any],
         *,
+        inputs: Sequence[Any],
         has_aux: bool,
         state: Sequence[Any],
         detect_unused: bool,
     ) -> tuple[Any, list[Any]]:
-        """Differentiates ``fn()`` with respect to ``variables``.
+        """Differentiates ``fn(*inputs)`` with respect to ``variables`` and ``inputs``.
 
         Args:
-            fn: takes no arguments, returns a scalar loss or ``(loss, aux)``.
+            fn: called as ``fn(*inputs)``; returns a scalar loss or ``(loss, aux)``.
             variables: ``keras.Variable`` objects to differentiate against.
+            inputs: tensors to differentiate against as well (a gradient
+                penalty needs the gradient with respect to the data).
             has_aux: whether ``fn`` returns ``(loss, aux)``.
             state: every variable the trainer owns; engines whose
                 differentiation must be pure (jax) thread all of them through
@@ -71,10 +74,15 @@ class Backend(Protocol):
                 ``None`` gradient even where the engine would return zeros.
 
         Returns:
-            ``(out, grads)``: ``out`` as ``fn`` returned it, ``grads`` in the
-            order of ``variables``; ``None`` where the loss does not depend on
-            the variable.
+            ``(out, grads)``: ``out`` as ``fn`` returned it, ``grads`` for
+            ``variables`` then ``inputs``, in order; ``None`` where the loss
+            does not depend on one.
         """
+        ...
+
+    def traces(self, eager: bool, jit_compile: bool) -> bool:
+        """Whether ``Runner.compile`` with these options runs the step's Python
+        only while tracing (so a ``print`` in it runs once, not every step)."""
         ...
 
     def to_native(self, batch: Tree) -> Tree:

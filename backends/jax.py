@@ -62,12 +62,11 @@ def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
     return _Runner(variables)
 
 
-def _live_inputs(fn: Callable[[list[Any]], Any], values: list[Any]) -> list[bool]:
-    """Which of ``values`` the scalar output of ``fn`` depends on (a backward
-    liveness walk over the jaxpr; calls into sub-jaxprs count as using all of
-    their inputs, so this may miss an unused input but never invents one)."""
-    closed = jax.make_jaxpr(fn)(values)
-    jaxpr = closed.jaxpr
+def _live_inputs(fn: Callable[..., Any], *args: Any) -> list[bool]:
+    """Which leaves of ``args`` the scalar output of ``fn`` depends on (a
+    backward liveness walk over the jaxpr; calls into sub-jaxprs count as using
+    all of their inputs, so this may miss an unused input but never invents one)."""
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
     live = {id(v) for v in jaxpr.outvars if not hasattr(v, "val")}
     for eqn in reversed(jaxpr.eqns):
         if any(id(o) in live for o in eqn.outvars):
@@ -76,9 +75,10 @@ def _live_inputs(fn: Callable[[list[Any]], Any], values: list[Any]) -> list[bool
 
 
 def value_and_grad(
-    fn: Callable[[], Any],
+    fn: Callable[..., Any],
     variables: Sequence[keras.Variable],
     *,
+    inputs: Sequence[Any] = (),
     has_aux: bool,
     state: Sequence[keras.Variable],
     detect_unused: bool = False,
@@ -90,23 +90,30 @@ def value_and_grad(
     # assigning to an outer scope from inside the traced function leaks tracers.
     others = [v for v in state if id(v) not in wrt_ids]
 
-    def pure(wrt_values: list[Any], other_values: list[Any]) -> tuple[Any, tuple[Any, list[Any]]]:
+    def pure(wrt_values: list[Any], input_values: list[Any],
+             other_values: list[Any]) -> tuple[Any, tuple[Any, list[Any]]]:
         mapping = list(zip(wrt, wrt_values)) + list(zip(others, other_values))
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-            out = fn()
+            out = fn(*input_values)
         loss, aux = out if has_aux else (out, None)
         return loss, (aux, [scope.get_current_value(v) for v in others])
 
     wrt_values = [v.value for v in wrt]
+    input_values = list(inputs)
     other_values = [v.value for v in others]
-    (loss, (aux, new_others)), grads = jax.value_and_grad(pure, has_aux=True)(wrt_values, other_values)
+    (loss, (aux, new_others)), (var_grads, input_grads) = jax.value_and_grad(
+        pure, argnums=(0, 1), has_aux=True)(wrt_values, input_values, other_values)
     for v, value in zip(others, new_others):
         v.assign(value)
-    grads = list(grads)
+    grads = list(var_grads) + list(input_grads)
     if detect_unused:
-        live = _live_inputs(lambda w: pure(w, other_values)[0], wrt_values)
+        live = _live_inputs(lambda w, i: pure(w, i, other_values)[0], wrt_values, input_values)
         grads = [g if used else None for g, used in zip(grads, live)]
     return ((loss, aux) if has_aux else loss), grads
+
+
+def traces(eager: bool, jit_compile: bool) -> bool:
+    return not eager and jit_compile
 
 
 def to_native(batch: Any) -> Any:

@@ -33,9 +33,10 @@ def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
 
 
 def value_and_grad(
-    fn: Callable[[], Any],
+    fn: Callable[..., Any],
     variables: Sequence[keras.Variable],
     *,
+    inputs: Sequence[Any] = (),
     has_aux: bool,
     state: Sequence[keras.Variable],
     detect_unused: bool = False,
@@ -43,14 +44,18 @@ def value_and_grad(
     del state, detect_unused  # stateful engine; the tape reports None itself
     # `v.value` is the tf.Variable, or inside a StatelessScope the mapped
     # tensor that every read of `v` returns: watching it covers both.
-    targets = [v.value for v in variables]
+    targets = [v.value for v in variables] + list(inputs)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         for t in targets:
             tape.watch(t)
-        out = fn()
+        out = fn(*inputs)
     loss = out[0] if has_aux else out
     grads = tape.gradient(loss, targets, unconnected_gradients=tf.UnconnectedGradients.NONE)
     return out, list(grads)
+
+
+def traces(eager: bool, jit_compile: bool) -> bool:
+    return not eager
 
 
 def to_native(batch: Any) -> Any:

@@ -42,20 +42,24 @@ def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
 
 
 def value_and_grad(
-    fn: Callable[[], Any],
+    fn: Callable[..., Any],
     variables: Sequence[keras.Variable],
     *,
+    inputs: Sequence[Any] = (),
     has_aux: bool,
     state: Sequence[keras.Variable],
     detect_unused: bool = False,
 ) -> tuple[Any, list[Any]]:
     del state, detect_unused  # stateful engine; autograd reports None itself
-    targets = [v.value for v in variables]
+    # An input already in a graph (nested call) stays connected; a plain
+    # tensor becomes a leaf that records its uses.
+    inputs = [t if t.requires_grad else t.detach().requires_grad_(True) for t in inputs]
+    targets = [v.value for v in variables] + inputs
     depth = getattr(_nesting, "depth", 0)
     _nesting.depth = depth + 1
     try:
         with torch.enable_grad():
-            out = fn()
+            out = fn(*inputs)
     finally:
         _nesting.depth = depth
     loss = out[0] if has_aux else out
@@ -70,6 +74,10 @@ def value_and_grad(
         retain_graph=nested,
     )
     return out, list(grads)
+
+
+def traces(eager: bool, jit_compile: bool) -> bool:
+    return not eager and jit_compile
 
 
 def to_native(batch: Any) -> Any:

@@ -92,3 +92,26 @@ def check_variables(variables: Sequence[Any]) -> None:
                 f"value_and_grad got non-trainable variable {v.path}; gradients are taken only with "
                 "respect to trainable variables (use model.trainable_variables)."
             )
+
+
+def check_inputs(inputs: Sequence[Any]) -> None:
+    for i, t in enumerate(inputs):
+        if isinstance(t, keras.Variable) or not keras.ops.is_tensor(t):
+            raise TypeError(
+                f"value_and_grad(inputs=...) takes tensors; input {i} is a {type(t).__name__}. "
+                "Pass variables in `variables`, and convert arrays with keras.ops.convert_to_tensor."
+            )
+        if not keras.backend.is_float_dtype(t.dtype):
+            raise ValueError(
+                f"value_and_grad(inputs=...) needs float tensors; input {i} has dtype {t.dtype}. "
+                "Cast it with keras.ops.cast(x, 'float32')."
+            )
+
+
+def check_no_input_gradient(grads: Sequence[Any]) -> None:
+    missing = [i for i, g in enumerate(grads) if g is None]
+    if missing:
+        raise ValueError(
+            f"The loss does not depend on input(s) {missing} given to value_and_grad(inputs=...): "
+            "use the argument fn receives, not the original tensor, inside fn."
+        )

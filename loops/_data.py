@@ -1,6 +1,10 @@
-"""Data sources for the loop: NumPy arrays (and lists/dicts of them) and
-Python generators/iterables. Backend-neutral: batches are NumPy nests; the
-backend's ``to_native`` converts them.
+"""Data sources for the loop: NumPy arrays (and lists/dicts of them), Python
+generators/iterables, ``tf.data.Dataset``, torch ``DataLoader`` and
+``keras.utils.PyDataset``, on every backend. Backend-neutral: batches are
+NumPy nests; the backend's ``to_native`` converts them. No engine is imported
+here: a ``tf.data.Dataset`` or a ``DataLoader`` is recognised only if its
+library is already loaded (``sys.modules``), which it must be for the user to
+have made one.
 
 A batch is the element the user's ``train_step`` receives: ``(x, y)``,
 ``(x, y, sample_weight)``, or ``x`` alone (``(x,)`` when ``x`` is itself a
@@ -10,8 +14,9 @@ tuple or list, so the structure stays unambiguous).
 from __future__ import annotations
 
 import itertools
+import sys
 import warnings
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import keras
 import numpy as np
@@ -23,13 +28,25 @@ def _leaves(tree: Any) -> list[Any]:
     return [] if tree is None else keras.tree.flatten(tree)
 
 
+def _to_numpy(leaf: Any) -> np.ndarray:
+    if isinstance(leaf, np.ndarray):
+        return leaf
+    if hasattr(leaf, "detach") and hasattr(leaf, "cpu"):  # a torch tensor
+        leaf = leaf.detach().cpu()
+    if type(leaf).__name__ in ("RaggedTensor", "SparseTensor"):
+        raise ValueError(
+            f"Got a {type(leaf).__name__} in the data; batches must be dense arrays. Convert it "
+            "first (e.g. ragged.to_tensor() or tf.sparse.to_dense) or pad to a fixed shape.")
+    return np.asarray(leaf)
+
+
 def _as_host(tree: Any) -> Any:
     """NumPy leaves; float64 cast to floatx as Keras's adapters do."""
 
     def convert(leaf: Any) -> Any:
         if leaf is None:
             return None
-        arr = np.asarray(leaf)
+        arr = _to_numpy(leaf)
         if arr.dtype == np.float64:
             arr = arr.astype(keras.backend.floatx())
         return arr
@@ -53,11 +70,16 @@ def _class_weights(class_weight: dict[int, float], y: Any) -> np.ndarray:
             "for several outputs pass sample_weight per output instead."
         )
     y = np.asarray(y)
+    table = np.asarray([class_weight[k] for k in range(max(class_weight) + 1)], dtype="float32")
     if y.ndim == 2 and y.shape[1] > 1:
+        if y.shape[1] != len(table):
+            raise ValueError(
+                f"class_weight has weights for {len(table)} classes (0..{len(table) - 1}), but the "
+                f"labels are one-hot of width {y.shape[1]}. Give one weight per class: keys "
+                f"0..{y.shape[1] - 1}.")
         classes = np.argmax(y, axis=1)  # one-hot labels
     else:
-        classes = y.reshape(len(y)).astype(np.int64)
-    table = np.asarray([class_weight[k] for k in range(max(class_weight) + 1)], dtype="float32")
+        classes = np.round(y.reshape(len(y))).astype(np.int64)
     if classes.size and (classes.min() < 0 or classes.max() >= len(table)):
         raise ValueError(
             f"class_weight has weights for classes 0..{len(table) - 1}, but the labels "
@@ -82,6 +104,9 @@ class DataSource:
     """One pass of ``batches()`` is one epoch (or ``steps`` batches)."""
 
     num_batches: int | None = None
+    batch_size: int | None = None  # rows per full batch, where the source fixes it
+    infinite: bool = False
+    kind: str = "arrays"
 
     def peek(self) -> Any:
         """The first batch, without consuming it (for building and checks)."""
@@ -92,6 +117,8 @@ class DataSource:
 
 
 class ArraySource(DataSource):
+    batch_size: int
+
     def __init__(self, x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int | None = None,
                  shuffle: bool = False, class_weight: dict[int, float] | None = None,
                  seed: int | None = None):
@@ -172,19 +199,33 @@ class ArraySource(DataSource):
 
 
 class IterableSource(DataSource):
-    """Generators, iterators and re-iterable collections of batches."""
+    """Generators, iterators and re-iterable collections of batches (and,
+    through ``make_source``, tf.data datasets, DataLoaders and PyDatasets)."""
 
-    def __init__(self, data: Iterable[Any], *, class_weight: dict[int, float] | None = None):
+    def __init__(self, data: Iterable[Any], *, class_weight: dict[int, float] | None = None,
+                 num_batches: int | None = None, infinite: bool = False, check_inputs: bool = False,
+                 kind: str = "generator"):
         _validate_class_weight(class_weight)
         self._data = data
         self._class_weight = class_weight
+        self._check_inputs = check_inputs
+        self.kind = kind
         # An iterator carries over between epochs; a re-iterable (a list of
-        # batches) starts again each epoch.
+        # batches, a dataset) starts again each epoch.
         self._reiterable = iter(data) is not data
         self._iter: Iterator[Any] | None = None
         self._pending: list[Any] = []
         self._structure: Any = None
-        self.num_batches = len(data) if self._reiterable and hasattr(data, "__len__") else None  # type: ignore[arg-type]
+        self._seen = 0
+        self.infinite = infinite
+        if num_batches is None and self._reiterable and hasattr(data, "__len__"):
+            try:
+                num_batches = len(data)  # type: ignore[arg-type]
+            except TypeError:  # e.g. a DataLoader over an IterableDataset
+                num_batches = None
+        if num_batches == 0:
+            raise ValueError(f"The {kind} is empty (0 batches): there is nothing to iterate over.")
+        self.num_batches = num_batches
 
     def _next_raw(self) -> Any:
         if self._pending:
@@ -194,16 +235,21 @@ class IterableSource(DataSource):
         return next(self._iter)
 
     def _standardize(self, element: Any) -> Any:
+        if isinstance(element, list):
+            element = tuple(element)  # a DataLoader collates (x, y) into [x, y]; Keras reads lists as tuples
         element = _as_host(element)
+        self._seen += 1
         structure = keras.tree.map_structure(lambda a: None if a is None else (a.dtype, a.shape[1:]), element)
         if self._structure is None:
             self._structure = structure
         elif structure != self._structure:
             raise ValueError(
-                "The generator yielded batches of inconsistent structure: first "
+                f"The {self.kind} yielded batches of inconsistent structure: first "
                 f"{self._structure}, now {structure} ((dtype, shape without batch) per leaf). "
                 "Yield the same nest of arrays every time."
             )
+        if self._check_inputs:
+            check_finite(element, f"batch {self._seen - 1} of the {self.kind}")
         if self._class_weight is not None and isinstance(element, tuple) and len(element) >= 2:
             x, y = element[0], element[1]
             sw = element[2] if len(element) == 3 else None
@@ -215,11 +261,17 @@ class IterableSource(DataSource):
         try:
             raw = self._next_raw()
         except StopIteration:
-            raise ValueError("The data source is empty: it yielded no batch.") from None
+            raise ValueError(f"The {self.kind} is empty: it yielded no batch.") from None
         self._pending.append(raw)
-        return self._standardize(raw)
+        out = self._standardize(raw)
+        self._seen -= 1
+        return out
 
     def batches(self, steps: int | None = None) -> Iterator[Any]:
+        if steps is None and self.infinite:
+            raise ValueError(
+                f"The {self.kind} is infinite: pass steps_per_epoch (fit) or steps (evaluate, predict) "
+                "to say how many batches make an epoch.")
         if self._reiterable and not self._pending and steps is None:
             self._iter = None  # restart a re-iterable each epoch
         count = 0
@@ -239,9 +291,118 @@ class IterableSource(DataSource):
             yield self._standardize(raw)
 
 
+# ------------------------------------------------------------- other sources
+
+
+def _is_tf_dataset(x: Any) -> bool:
+    tf = sys.modules.get("tensorflow")
+    data = getattr(tf, "data", None) if tf is not None else None
+    return data is not None and isinstance(x, data.Dataset)
+
+
+def _is_torch_dataloader(x: Any) -> bool:
+    mod = sys.modules.get("torch.utils.data")
+    return mod is not None and isinstance(x, mod.DataLoader)
+
+
+class _Reiterable:
+    """Calls ``open_epoch()`` for a fresh iterator at each pass."""
+
+    def __init__(self, open_epoch: Callable[[], Iterator[Any]]):
+        self._open = open_epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._open()
+
+
+def _tf_dataset_source(ds: Any, class_weight: Any, check_inputs: bool) -> IterableSource:
+    cardinality = int(ds.cardinality())  # -1: infinite, -2: unknown
+    if cardinality == 0:
+        raise ValueError("The tf.data.Dataset is empty (cardinality 0): there is nothing to iterate over.")
+    return IterableSource(_Reiterable(ds.as_numpy_iterator), class_weight=class_weight,
+                          num_batches=cardinality if cardinality > 0 else None,
+                          infinite=cardinality == -1, check_inputs=check_inputs, kind="tf.data.Dataset")
+
+
+def _py_dataset_source(ds: keras.utils.PyDataset, class_weight: Any, shuffle: bool,
+                       check_inputs: bool) -> IterableSource:
+    from loops._keras_private import PyDatasetAdapter
+
+    # Keras's own adapter: it runs `workers` threads (or processes with
+    # use_multiprocessing=True) through its OrderedEnqueuer, shuffles the batch
+    # order with shuffle=True and calls on_epoch_begin/on_epoch_end, as fit does.
+    adapter = PyDatasetAdapter(ds, shuffle=shuffle)
+
+    def one_epoch() -> Iterator[Any]:
+        adapter.on_epoch_begin()
+        try:
+            yield from adapter.get_numpy_iterator()
+        finally:
+            adapter.on_epoch_end()
+
+    num_batches = adapter.num_batches
+    return IterableSource(_Reiterable(one_epoch), class_weight=class_weight, num_batches=num_batches,
+                          infinite=num_batches is None, check_inputs=check_inputs, kind="PyDataset")
+
+
+# --------------------------------------------------------------------- checks
+
+
+def check_finite(tree: Any, where: str) -> None:
+    """``check_inputs=True``: NaN or Inf in any float leaf is an error."""
+    for path, leaf in _paths(tree):
+        arr = np.asarray(leaf)
+        if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
+            bad: Any = np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)).ravel() if arr.ndim else []
+            what = "NaN" if np.isnan(arr).any() else "Inf"
+            raise ValueError(
+                f"{where}: {path} contains {what} (first bad rows {list(map(int, bad[:5]))}). Clean or "
+                "impute the data before training, or pass check_inputs=False to skip this check.")
+
+
+def _paths(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if tree is None:
+        return []
+    if isinstance(tree, dict):
+        return [p for k, v in tree.items() for p in _paths(v, f"{prefix}[{k!r}]")]
+    if isinstance(tree, (list, tuple)):
+        names = ("x", "y", "sample_weight") if not prefix and len(tree) <= 3 else None
+        return [p for i, v in enumerate(tree)
+                for p in _paths(v, names[i] if names else f"{prefix}[{i}]")]
+    return [(prefix or "x", tree)]
+
+
+def check_input_names(model: Any, x: Any) -> None:
+    """A dict of inputs must name exactly the model's inputs."""
+    if not isinstance(x, dict) or model is None:
+        return
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, dict):
+        names = list(struct)
+    else:
+        inputs = getattr(model, "inputs", None) if getattr(model, "built", False) else None
+        try:
+            names = [t.name for t in inputs or []]
+        except (AttributeError, TypeError):
+            return
+    if not names:
+        return
+    unknown = [k for k in x if k not in names]
+    missing = [k for k in names if k not in x]
+    if unknown or missing:
+        raise ValueError(
+            f"The input dict has key(s) {unknown or []} that name no input of model "
+            f"{getattr(model, 'name', '?')!r}" + (f" and lacks {missing}" if missing else "")
+            + f". The model's inputs are {names}: key the dict by those names "
+            "(keras.Input(..., name=...)).")
+
+
+# ------------------------------------------------------------------ dispatch
+
+
 def make_source(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int | None = None,
                 shuffle: bool = False, class_weight: dict[int, float] | None = None,
-                seed: int | None = None) -> DataSource:
+                seed: int | None = None, check_inputs: bool = False) -> DataSource:
     """Picks the adapter for ``x`` and checks the arguments that go with it."""
     if isinstance(x, DataSource):
         return x
@@ -249,18 +410,30 @@ def make_source(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size:
         raise ValueError("No input data: pass x (arrays, or a generator/iterable of batches).")
     # A list of (x, y) tuples is a collection of batches, not multi-input arrays.
     batches_in_a_list = isinstance(x, list) and bool(x) and all(isinstance(e, tuple) for e in x)
-    if not batches_in_a_list and (isinstance(x, _ARRAY_TYPES) or hasattr(x, "__array__")):
-        return ArraySource(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
-                           class_weight=class_weight, seed=seed)
-    if hasattr(x, "__iter__") or hasattr(x, "__next__"):
+    is_stream = (_is_tf_dataset(x) or _is_torch_dataloader(x) or isinstance(x, keras.utils.PyDataset)
+                 or batches_in_a_list)
+    if not is_stream and (isinstance(x, _ARRAY_TYPES) or hasattr(x, "__array__")):
+        source = ArraySource(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
+                             class_weight=class_weight, seed=seed)
+        if check_inputs:
+            check_finite((source.x, source.y, source.sample_weight), "The data")
+        return source
+    if is_stream or hasattr(x, "__iter__") or hasattr(x, "__next__"):
+        kind = ("tf.data.Dataset" if _is_tf_dataset(x) else "DataLoader" if _is_torch_dataloader(x)
+                else "PyDataset" if isinstance(x, keras.utils.PyDataset) else "generator")
         for name, value in (("y", y), ("sample_weight", sample_weight)):
             if value is not None:
                 raise ValueError(
-                    f"`{name}` must not be given when x is a generator or iterable "
-                    f"(got x={type(x).__name__}); yield (x, y) or (x, y, sample_weight) tuples instead."
+                    f"`{name}` must not be given when x is a {kind} (got x={type(x).__name__}); "
+                    "yield (x, y) or (x, y, sample_weight) tuples instead."
                 )
-        return IterableSource(x, class_weight=class_weight)
+        if _is_tf_dataset(x):
+            return _tf_dataset_source(x, class_weight, check_inputs)
+        if isinstance(x, keras.utils.PyDataset):
+            return _py_dataset_source(x, class_weight, shuffle, check_inputs)
+        return IterableSource(x, class_weight=class_weight, check_inputs=check_inputs, kind=kind)
     raise ValueError(
         f"Unsupported input type {type(x).__name__} for x. Pass NumPy arrays (or lists/dicts "
-        "of them), or a generator/iterable yielding batches."
+        "of them), a tf.data.Dataset, a torch DataLoader, a keras.utils.PyDataset, or a "
+        "generator/iterable yielding batches."
     )

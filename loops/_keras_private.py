@@ -8,6 +8,76 @@ gives string aliases, multi-output structures, ``loss_weights`` and the
 
 from __future__ import annotations
 
-from keras.src.trainers.compile_utils import CompileLoss, CompileMetrics
+from typing import Any
 
-__all__ = ["CompileLoss", "CompileMetrics"]
+from keras.src.backend.common import global_state
+from keras.src.trainers.compile_utils import CompileLoss, CompileMetrics
+from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+__all__ = ["CompileLoss", "CompileMetrics", "PyDatasetAdapter", "losses_average_over_batch", "metrics_take_sample_weight",
+           "pending_variables",
+           "update_metrics_masked"]
+
+
+def pending_variables() -> list[Any]:
+    """Variables created inside the current ``StatelessScope`` (Keras defers
+    their initialization to the scope's exit and lists them here)."""
+    return list(global_state.get_global_attribute("uninitialized_variables", None) or [])
+
+
+# --- data: Keras's PyDataset machinery (workers, multiprocessing, epoch hooks)
+_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight", "auto", None)
+
+
+def losses_average_over_batch(compile_loss: CompileLoss | None) -> bool:
+    """Whether every configured loss averages over the batch (Keras's default
+    ``"sum_over_batch_size"``): only then is a padded, masked batch exact."""
+    if compile_loss is None:
+        return True
+    import keras
+
+    for leaf in keras.tree.flatten(getattr(compile_loss, "_user_loss", None)):
+        if leaf is None:
+            continue
+        if isinstance(leaf, str):
+            leaf = keras.losses.get(leaf)
+        if getattr(leaf, "reduction", None) not in _MEAN_REDUCTIONS:
+            return False
+    return True
+
+
+def metrics_take_sample_weight(compile_metrics: CompileMetrics | None) -> bool:
+    """Whether every compiled metric is one whose handling of sample weights is
+    known (Keras's own, or a function Keras wraps in a weighted mean): a
+    user-written ``Metric`` may ignore the weights and count padding rows."""
+    if compile_metrics is None:
+        return True
+    import keras
+
+    user = [getattr(compile_metrics, "_user_metrics", None), getattr(compile_metrics, "_user_weighted_metrics", None)]
+    for leaf in keras.tree.flatten(user):
+        if isinstance(leaf, keras.metrics.Metric) and not type(leaf).__module__.startswith("keras."):
+            return False
+    return True
+
+
+def update_metrics_masked(compile_metrics: CompileMetrics, y: Any, y_pred: Any, sample_weight: Any,
+                          mask: Any) -> None:
+    """``CompileMetrics.update_state`` for a padded batch: unweighted metrics
+    get ``mask`` as their weights, weighted metrics ``sample_weight`` (already
+    zero on padding rows)."""
+    if not compile_metrics.built:
+        compile_metrics.build(y, y_pred)
+    ys, ps = compile_metrics._flatten_y(y), compile_metrics._flatten_y(y_pred)
+    for m, y_t, y_p in zip(compile_metrics._flat_metrics, ys, ps):
+        if m:
+            m.update_state(y_t, y_p, mask)
+    if sample_weight is not None:
+        sws = compile_metrics._flatten_y(sample_weight)
+        if len(sws) < len(ys):
+            sws = [sws[0] for _ in ys]
+    else:
+        sws = [mask for _ in ys]
+    for m, y_t, y_p, s_w in zip(compile_metrics._flat_weighted_metrics, ys, ps, sws):
+        if m:
+            m.update_state(y_t, y_p, s_w)

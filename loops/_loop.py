@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import keras
 import numpy as np
 
-from loops._data import ArraySource, DataSource, make_source
+from loops import _padding
+from loops._data import ArraySource, DataSource, check_input_names, make_source
+from loops._prefetch import Inline, Prefetcher
+
+_Plan = Callable[[Any], tuple[Any, Any]]
+_DEFAULT_METHODS = {"train": ("train_step", "compute_loss", "compute_metrics"),
+                    "test": ("test_step", "compute_loss", "compute_metrics"),
+                    "predict": ("predict_step",)}
 
 
 def _host_logs(logs: dict[str, Any] | None) -> dict[str, Any]:
@@ -39,6 +46,17 @@ def _check_steps(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
 
 
+def _require_steps(source: DataSource, steps: int | None, name: str) -> None:
+    if steps is None and source.infinite:
+        raise ValueError(
+            f"The {source.kind} is infinite, so an epoch never ends: pass {name}=N (the number of "
+            "batches per epoch).")
+
+
+def _unchanged(batch: Any) -> tuple[Any, Any]:
+    return batch, None
+
+
 def _should_eval(epoch: int, validation_freq: Any) -> bool:
     epoch += 1
     if isinstance(validation_freq, int):
@@ -58,6 +76,14 @@ class LoopMixin:
     history: keras.callbacks.History | None
     optimizer: keras.optimizers.Optimizer | None
     model: keras.Model | None
+
+    #: Pad a ragged last batch to the batch size and mask it (default steps
+    #: only), so it does not compile a second step. Set False to get Keras's
+    #: ragged batches instead (e.g. for losses added with add_loss that are
+    #: computed over the batch's rows).
+    pad_ragged_batches: bool = True
+    #: Batches prepared (and sent to the device) ahead on a background thread; 0 turns it off.
+    prefetch_batches: int = 1
 
     def _step_fn(self, kind: str, sample: Any) -> Callable[[Any], Any]:
         raise NotImplementedError
@@ -82,18 +108,68 @@ class LoopMixin:
             callbacks, add_history=add_history, add_progbar=verbose != 0, model=self,
             verbose=verbose, epochs=epochs, steps=steps)
 
-    def _executions(self, source: DataSource, steps: int | None, k: int) -> Iterator[tuple[int, int, Any]]:
-        """(first step, last step, native batch or tuple of k batches)."""
+    def _uses_default(self, kind: str) -> bool:
+        """Whether ``kind``'s step is the Trainer's own (only those get padded batches)."""
+        base = next((c for c in type(self).__mro__
+                     if c.__name__ == "Trainer" and c.__module__ == "loops._trainer"), None)
+        return base is not None and all(
+            getattr(type(self), name) is getattr(base, name) for name in _DEFAULT_METHODS[kind])
+
+    def _plan(self, kind: str, source: DataSource) -> _Plan:
+        """How each host batch of ``source`` is prepared for ``kind``'s step:
+        ``batch -> (batch for the step, real rows or None)``."""
+        sample = source.peek()
+        if self._uses_default(kind):
+            check_input_names(self.model, keras.utils.unpack_x_y_sample_weight(sample)[0])
+        if not self.pad_ragged_batches or not self._uses_default(kind):
+            return _unchanged
+        size: int
+        if isinstance(source, ArraySource):
+            size = int(source.batch_size or 1)
+            if source.n % size == 0:
+                return _unchanged  # no ragged batch: the batches go as they are
+        else:
+            size = _padding.rows(sample)  # a stream's first batch sets the size
+        if kind == "predict":
+            return lambda batch: (_padding.pad_rows(batch, size), _padding.rows(batch))
+        from loops._keras_private import losses_average_over_batch, metrics_take_sample_weight
+
+        _, y, _ = keras.utils.unpack_x_y_sample_weight(sample)
+        if y is None or not losses_average_over_batch(getattr(self, "_compile_loss", None)) \
+                or not metrics_take_sample_weight(getattr(self, "_compile_metrics", None)):
+            return _unchanged  # a summed loss, or a metric of the user's, would count the padding
+        if kind == "train" and any(
+                isinstance(layer, keras.layers.BatchNormalization)
+                for model in getattr(self, "models", []) for layer in model._flatten_layers()):
+            return _unchanged  # batch statistics would see the padding rows
+        return lambda batch: (_padding.mask_batch(batch, size), None)
+
+    def _sample(self, plan: _Plan, source: DataSource) -> Any:
+        return plan(source.peek())[0]
+
+    def _executions(self, source: DataSource, steps: int | None, k: int,
+                    plan: _Plan = _unchanged) -> Generator[tuple[int, int, Any, Any], None, None]:
+        """(first step, last step, native batch or tuple of k batches, real rows
+        of the last batch or None). Batches are prepared one ahead on a thread."""
         to_native = self._engine.to_native
+
+        def prepare(batch: Any) -> tuple[Any, Any]:
+            host, real = plan(batch)
+            return to_native(host), real
+
         it = source.batches(steps)
-        step = 0
-        while True:
-            group = list(itertools.islice(it, k))
-            if not group:
-                return
-            native = [to_native(b) for b in group]
-            yield step, step + len(group) - 1, (tuple(native) if k > 1 else native[0])
-            step += len(group)
+        fetch = Prefetcher(it, prepare) if self.prefetch_batches else Inline(it, prepare)
+        try:
+            step = 0
+            while True:
+                group = list(itertools.islice(fetch, k))
+                if not group:
+                    return
+                native = [g[0] for g in group]
+                yield step, step + len(group) - 1, (tuple(native) if k > 1 else native[0]), group[-1][1]
+                step += len(group)
+        finally:
+            fetch.close()
 
     def _epoch_logs(self, last_logs: dict[str, Any] | None) -> dict[str, Any]:
         """Metric results if the step returned exactly the metrics (the usual
@@ -109,8 +185,11 @@ class LoopMixin:
             validation_data: Any = None, shuffle: bool = True, class_weight: dict[int, float] | None = None,
             sample_weight: Any = None, initial_epoch: int = 0, steps_per_epoch: int | None = None,
             validation_steps: int | None = None, validation_batch_size: int | None = None,
-            validation_freq: Any = 1) -> keras.callbacks.History:
+            validation_freq: Any = 1, check_inputs: bool = False) -> keras.callbacks.History:
         """Trains for ``epochs`` epochs; arguments as ``keras.Model.fit``.
+
+        ``check_inputs=True`` checks every float input for NaN and Inf (arrays
+        before training starts, streamed batches as they arrive).
 
         Returns:
             The ``keras.callbacks.History`` of epoch logs (``val_`` prefixed for
@@ -132,29 +211,37 @@ class LoopMixin:
         self._check_can_train()
 
         train = make_source(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
-                            class_weight=class_weight, seed=self.seed)
+                            class_weight=class_weight, seed=self.seed, check_inputs=check_inputs)
+        _require_steps(train, steps_per_epoch, "steps_per_epoch")
         val: DataSource | None = None
         if validation_split:
             if not isinstance(train, ArraySource):
                 raise ValueError(
-                    f"validation_split={validation_split} needs array inputs; it cannot split a "
-                    f"{type(x).__name__}. Pass validation_data=(x_val, y_val) (or a generator) instead."
+                    f"validation_split={validation_split} needs array inputs: a {train.kind} "
+                    f"({type(x).__name__}) cannot be split (Keras cannot split one either). Pass "
+                    "validation_data=(x_val, y_val), or a validation dataset/generator, instead."
                 )
             train, val = train.split(validation_split)
         elif validation_data is not None:
             if isinstance(validation_data, tuple) and 2 <= len(validation_data) <= 3 and all(
                     not hasattr(e, "__next__") for e in validation_data):
                 vx, vy, vsw = keras.utils.unpack_x_y_sample_weight(validation_data)
-                val = make_source(vx, vy, vsw, batch_size=validation_batch_size or batch_size)
+                val = make_source(vx, vy, vsw, batch_size=validation_batch_size or batch_size,
+                                  check_inputs=check_inputs)
             else:
-                val = make_source(validation_data, batch_size=validation_batch_size or batch_size)
+                val = make_source(validation_data, batch_size=validation_batch_size or batch_size,
+                                  check_inputs=check_inputs)
+            _require_steps(val, validation_steps, "validation_steps")
 
         # Build and check everything before the first callback fires, so bad
         # input fails here and not after an epoch of work.
-        train_fn = self._step_fn("train", train.peek())
+        train_plan = self._plan("train", train)
+        train_fn = self._step_fn("train", self._sample(train_plan, train))
+        val_plan: _Plan = _unchanged
         if val is not None:
-            self._step_fn("test", val.peek())
-            train_fn = self._step_fn("train", train.peek())
+            val_plan = self._plan("test", val)
+            self._step_fn("test", self._sample(val_plan, val))
+            train_fn = self._step_fn("train", self._sample(train_plan, train))
 
         steps = steps_per_epoch or train.num_batches
         cbs = self._callback_list(callbacks, verbose, epochs, steps, add_history=True)
@@ -167,12 +254,16 @@ class LoopMixin:
                 self.reset_metrics()
                 cbs.on_epoch_begin(epoch)
                 logs: dict[str, Any] | None = None
-                for first, last, batch in self._executions(train, steps_per_epoch, k):
-                    cbs.on_train_batch_begin(first)
-                    logs = train_fn(batch)
-                    cbs.on_train_batch_end(last, logs)
-                    if self.stop_training:
-                        break
+                executions = self._executions(train, steps_per_epoch, k, train_plan)
+                try:
+                    for first, last, batch, _ in executions:
+                        cbs.on_train_batch_begin(first)
+                        logs = train_fn(batch)
+                        cbs.on_train_batch_end(last, logs)
+                        if self.stop_training:
+                            break
+                finally:
+                    executions.close()
                 if logs is None:
                     warnings.warn(
                         f"Epoch {epoch + 1} got no batches: the data ran out. Training stops; for a "
@@ -181,7 +272,7 @@ class LoopMixin:
                     break
                 epoch_logs = self._epoch_logs(logs)
                 if val is not None and _should_eval(epoch, validation_freq):
-                    val_logs = self._run_evaluate(val, cbs, validation_steps)
+                    val_logs = self._run_evaluate(val, cbs, validation_steps, val_plan)
                     epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
                 cbs.on_epoch_end(epoch, epoch_logs)
                 training_logs = epoch_logs
@@ -201,25 +292,30 @@ class LoopMixin:
             self.optimizer.finalize_variable_values(self.model.trainable_variables)
 
     def _run_evaluate(self, source: DataSource, cbs: keras.callbacks.CallbackList,
-                      steps: int | None) -> dict[str, Any]:
-        test_fn = self._step_fn("test", source.peek())
+                      steps: int | None, plan: _Plan | None = None) -> dict[str, Any]:
+        plan = self._plan("test", source) if plan is None else plan
+        test_fn = self._step_fn("test", self._sample(plan, source))
         self.stop_evaluating = False
         cbs.on_test_begin()
         self.reset_metrics()
         logs: dict[str, Any] | None = None
-        for first, last, batch in self._executions(source, steps, self.steps_per_execution):
-            cbs.on_test_batch_begin(first)
-            logs = test_fn(batch)
-            cbs.on_test_batch_end(last, logs)
-            if self.stop_evaluating:
-                break
+        executions = self._executions(source, steps, self.steps_per_execution, plan)
+        try:
+            for first, last, batch, _ in executions:
+                cbs.on_test_batch_begin(first)
+                logs = test_fn(batch)
+                cbs.on_test_batch_end(last, logs)
+                if self.stop_evaluating:
+                    break
+        finally:
+            executions.close()
         host = self._epoch_logs(logs)
         cbs.on_test_end(host)
         return host
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None, verbose: Any = "auto",
                  sample_weight: Any = None, steps: int | None = None, callbacks: Any = None,
-                 return_dict: bool = False) -> Any:
+                 return_dict: bool = False, check_inputs: bool = False) -> Any:
         """Loss and metrics over the data; arguments as ``keras.Model.evaluate``.
 
         Returns:
@@ -228,10 +324,12 @@ class LoopMixin:
         """
         verbose = _resolve_verbose(verbose)
         _check_steps("steps", steps)
-        source = make_source(x, y, sample_weight, batch_size=batch_size)
+        source = make_source(x, y, sample_weight, batch_size=batch_size, check_inputs=check_inputs)
+        _require_steps(source, steps, "steps")
+        plan = self._plan("test", source)
         cbs = self._callback_list(callbacks, verbose, 1, steps or source.num_batches, add_history=False)
         try:
-            logs = self._run_evaluate(source, cbs, steps)
+            logs = self._run_evaluate(source, cbs, steps, plan)
         finally:
             self._sync()
         if return_dict:
@@ -245,19 +343,27 @@ class LoopMixin:
         verbose = _resolve_verbose(verbose)
         _check_steps("steps", steps)
         source = make_source(x, batch_size=batch_size)
-        predict_fn = self._step_fn("predict", source.peek())
+        _require_steps(source, steps, "steps")
+        plan = self._plan("predict", source)
+        predict_fn = self._step_fn("predict", self._sample(plan, source))
         cbs = self._callback_list(callbacks, verbose, 1, steps or source.num_batches, add_history=False)
         self.stop_predicting = False
         outputs: list[Any] = []
         try:
             cbs.on_predict_begin()
-            for first, _, batch in self._executions(source, steps, 1):
-                cbs.on_predict_batch_begin(first)
-                out = predict_fn(batch)
-                outputs.append(keras.tree.map_structure(keras.ops.convert_to_numpy, out))
-                cbs.on_predict_batch_end(first, {"outputs": out})
-                if self.stop_predicting:
-                    break
+            executions = self._executions(source, steps, 1, plan)
+            try:
+                for first, _, batch, real in executions:
+                    cbs.on_predict_batch_begin(first)
+                    out = predict_fn(batch)
+                    if real is not None:  # drop the rows that pad a ragged batch
+                        out = keras.tree.map_structure(lambda t, n=real: t[:n], out)
+                    outputs.append(keras.tree.map_structure(keras.ops.convert_to_numpy, out))
+                    cbs.on_predict_batch_end(first, {"outputs": out})
+                    if self.stop_predicting:
+                        break
+            finally:
+                executions.close()
             cbs.on_predict_end()
         finally:
             self._sync()

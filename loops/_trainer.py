@@ -6,17 +6,20 @@ engines are reached only through ``backends`` (see ``backends/_protocol.py``).
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import os
+import sys
 import tempfile
+import warnings
 from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 
 import backends
-from loops import _checks
-from loops._keras_private import CompileLoss, CompileMetrics
+from loops import _checks, _padding
+from loops._keras_private import CompileLoss, CompileMetrics, pending_variables
 from loops._loop import LoopMixin
 from loops._state import discover_variables, owned_objects
 
@@ -47,6 +50,37 @@ def _build_only(optimizer: keras.optimizers.Optimizer) -> Callable[..., None]:
             optimizer.build(list(trainable_variables))
 
     return apply
+
+
+_CREATED_IN_STEP = (
+    "The step creates variable(s) {names} that the Trainer does not hold: a variable made inside "
+    "train_step is made anew at every call (and under jit its state is lost). Create layers, "
+    "variables and metrics in __init__ and keep them as attributes.")
+
+
+def _warn_on_print(body: Callable[[Any], Any], kind: str) -> Callable[[Any], Any]:
+    """Wraps a compiled step's Python body so that ``print`` inside it warns:
+    the body runs when the step is traced, not at every step."""
+
+    def traced(batch: Any) -> Any:
+        original = builtins.print
+
+        def print_once(*args: Any, sep: str = " ", end: str = "\n", file: Any = None, flush: bool = False) -> None:
+            warnings.warn(
+                f"print() inside a compiled {kind}_step runs only while the step is traced (once), "
+                "not at every step. Pass Trainer(..., run_eagerly=True) to debug with print, or "
+                "return the value in the step's logs.", stacklevel=2)
+            # Written out rather than calling the real print: tf.function's
+            # autograph routes print back through builtins.print (recursion).
+            (file or sys.stdout).write(sep.join(map(str, args)) + end)
+
+        builtins.print = print_once
+        try:
+            return body(batch)
+        finally:
+            builtins.print = original
+
+    return traced
 
 
 class Trainer(LoopMixin):
@@ -261,32 +295,44 @@ class Trainer(LoopMixin):
 
     # ---------------------------------------------------------- differentiation
 
-    def value_and_grad(self, fn: Callable[[], Any], variables: Sequence[keras.Variable],
-                       has_aux: bool = False) -> tuple[Any, list[Any]]:
-        """Differentiates ``fn()`` with respect to ``variables``, on any backend.
+    def value_and_grad(self, fn: Callable[..., Any], variables: Sequence[keras.Variable] = (),
+                       has_aux: bool = False, *, inputs: Any = None) -> tuple[Any, list[Any]]:
+        """Differentiates ``fn`` with respect to ``variables`` (and ``inputs``), on any backend.
 
         Args:
-            fn: takes no arguments; returns a scalar loss, or ``(loss, aux)``.
-                Run the forward pass inside it. It may be nested (second-order
-                gradients): call ``value_and_grad`` inside ``fn``.
+            fn: returns a scalar loss, or ``(loss, aux)``. Run the forward pass
+                inside it. Takes no arguments, or one per tensor in ``inputs``.
+                It may nest: call ``value_and_grad`` inside ``fn`` for
+                second-order gradients (a gradient penalty, for example).
             variables: trainable ``keras.Variable`` objects.
             has_aux: whether ``fn`` returns ``(loss, aux)``.
+            inputs: a tensor or list of tensors to differentiate against as
+                well; ``fn`` is then called as ``fn(*inputs)``.
 
         Returns:
             ``(loss, grads)`` or ``((loss, aux), grads)``; grads in the order of
-            ``variables``.
+            ``variables``, followed by one per input.
 
         Example:
             >>> def d_loss():
             ...     return bce(ones, self.discriminator(real, training=True))
             >>> d, grads = self.value_and_grad(d_loss, self.discriminator.trainable_variables)
             >>> self.d_opt.apply(grads, self.discriminator.trainable_variables)
+            >>> # gradient with respect to data:
+            >>> _, (dx,) = self.value_and_grad(lambda x: ops.sum(critic(x)), inputs=[x_hat])
         """
         variables = list(variables)
         _checks.check_variables(variables)
+        if inputs is None:
+            input_list: list[Any] = []
+        else:
+            input_list = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+            _checks.check_inputs(input_list)
+        if not variables and not input_list:
+            raise ValueError("value_and_grad needs something to differentiate: pass variables and/or inputs.")
 
-        def checked() -> Any:
-            out = fn()
+        def checked(*args: Any) -> Any:
+            out = fn(*args)
             if has_aux and not (isinstance(out, tuple) and len(out) == 2):
                 raise ValueError(
                     f"value_and_grad(has_aux=True) needs fn to return (loss, aux), got {type(out).__name__}."
@@ -296,8 +342,10 @@ class Trainer(LoopMixin):
 
         state = self._state or discover_variables(self)
         out, grads = self._engine.value_and_grad(
-            checked, variables, has_aux=has_aux, state=state, detect_unused=self._in_first_step)
-        _checks.check_no_gradient(variables, grads)
+            checked, variables, inputs=input_list, has_aux=has_aux, state=state,
+            detect_unused=self._in_first_step)
+        _checks.check_no_gradient(variables, grads[:len(variables)])
+        _checks.check_no_input_gradient(grads[len(variables):])
         return out, grads
 
     # ------------------------------------------------------------ default steps
@@ -367,6 +415,7 @@ class Trainer(LoopMixin):
         """One optimisation step on ``batch``; returns the logs. Override freely:
         written in ``keras.ops`` and ``self.value_and_grad``, it runs compiled on
         every backend."""
+        batch, pad = _padding.unwrap(batch)  # pad: set when the loop padded a ragged batch
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         optimizer = self.optimizer
         if optimizer is None or self.model is None:
@@ -375,19 +424,26 @@ class Trainer(LoopMixin):
 
         def loss_fn() -> tuple[Any, tuple[Any, Any]]:
             y_pred = self._call_model(x, training=True)
-            loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
+            loss = self.compute_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight), training=True)
             return optimizer.scale_loss(loss), (loss, y_pred)
 
-        (_, (loss, y_pred)), grads = self.value_and_grad(loss_fn, variables, has_aux=True)
+        with _padding.real_samples_only(pad, self._compile_loss):
+            (_, (loss, y_pred)), grads = self.value_and_grad(loss_fn, variables, has_aux=True)
         optimizer.apply(grads, variables)
-        self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x))
+        self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x) if pad is None else pad.count)
+        if pad is not None:
+            return pad.metrics(self, y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
     def test_step(self, batch: Any) -> dict[str, Any]:
+        batch, pad = _padding.unwrap(batch)  # pad: set when the loop padded a ragged batch
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         y_pred = self._call_model(x, training=False)
-        loss = self.compute_loss(x, y, y_pred, sample_weight, training=False)
-        self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x))
+        with _padding.real_samples_only(pad, self._compile_loss):
+            loss = self.compute_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight), training=False)
+        self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x) if pad is None else pad.count)
+        if pad is not None:
+            return pad.metrics(self, y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
     def predict_step(self, batch: Any) -> Any:
@@ -427,12 +483,22 @@ class Trainer(LoopMixin):
         self._in_first_step = True
         try:
             with self._engine.step_context(), _RecordingScope() as scope:
-                step(batch)
+                try:
+                    step(batch)
+                except ValueError as e:
+                    if "create a variable while in a stateless scope" in str(e):
+                        raise ValueError(_CREATED_IN_STEP.format(names="(one from a value)")) from e
+                    raise
+                created = pending_variables()
         finally:
             self._in_first_step = False
             for opt in optimizers:
                 vars(opt).pop("apply", None)
         known = {id(v) for v in discover_variables(self)}
+        transient = [v for v in created if id(v) not in known]
+        if transient:
+            names = ", ".join(f"{v.path} {tuple(v.shape)}" for v in transient)
+            raise ValueError(_CREATED_IN_STEP.format(names=names))
         stray = [v for i, v in scope.assigned.items() if i not in known]
         if stray:
             names = ", ".join(f"{v.path} {tuple(v.shape)}" for v in stray)
@@ -470,11 +536,11 @@ class Trainer(LoopMixin):
                     logs = step(b)
                 return logs
 
-            self._step_fns[kind] = (
-                self._runner.compile(execution, eager=bool(self.run_eagerly), jit_compile=jit)
-                if k > 1 and kind != "predict" else
-                self._runner.compile(step, eager=bool(self.run_eagerly), jit_compile=jit)
-            )
+            body: Callable[[Any], Any] = execution if k > 1 and kind != "predict" else step
+            eager = bool(self.run_eagerly)
+            if self._engine.traces(eager, jit):
+                body = _warn_on_print(body, kind)  # its Python runs only while tracing
+            self._step_fns[kind] = self._runner.compile(body, eager=eager, jit_compile=jit)
         return self._step_fns[kind]
 
     def _key(self, jit: bool) -> tuple[Any, ...]:

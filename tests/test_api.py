@@ -79,3 +79,23 @@ def test_value_and_grad_rejects_non_scalar_and_non_variables():
         t.value_and_grad(lambda: t.w * 2, [t.w])
     with pytest.raises(TypeError, match="keras.Variable"):
         t.value_and_grad(lambda: keras.ops.sum(t.w), [np.zeros(2)])
+
+
+def test_gradient_with_respect_to_inputs_and_nested_penalty():
+    t = _Holder()
+    x = keras.ops.convert_to_tensor(np.array([1.0, -2.0], "float32"))
+    # d/dx sum(w * x^2) = 2 w x ; d/dw = x^2
+    loss, (gw, gx) = t.value_and_grad(lambda x: keras.ops.sum(t.w * x ** 2), [t.w], inputs=[x])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(gx), [2.0, -8.0], rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(gw), [1.0, 4.0], rtol=1e-6)
+
+    # a gradient penalty: p(w) = |d/dx sum(w * x^2)|^2 = sum(4 w^2 x^2); dp/dw = 8 w x^2
+    def penalty():
+        _, (gx,) = t.value_and_grad(lambda x: keras.ops.sum(t.w * x ** 2), inputs=x)
+        return keras.ops.sum(gx ** 2)
+
+    p, (dp,) = t.value_and_grad(penalty, [t.w])
+    assert float(keras.ops.convert_to_numpy(p)) == pytest.approx(4 * (1 * 1 + 4 * 4))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dp), [8.0, 64.0], rtol=1e-5)
+    with pytest.raises(ValueError, match="float tensors"):
+        t.value_and_grad(lambda x: keras.ops.sum(x), inputs=keras.ops.convert_to_tensor(np.array([1, 2])))

@@ -106,3 +106,45 @@ def test_seed_generator_the_trainer_cannot_see_is_an_error():
         gan.fit(_real(), batch_size=16, epochs=1, verbose=0)
     for a, b in zip(before, gan.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+class MakesAVariable(TinyGAN):
+    def __init__(self, from_value):
+        super().__init__()
+        self.from_value = from_value
+
+    def train_step(self, real):
+        if self.from_value:
+            scale = keras.Variable(np.ones((8,), "float32"), name="made_in_step")
+        else:
+            scale = keras.Variable(initializer="ones", shape=(8,), name="made_in_step")
+        return super().train_step(real * scale)
+
+
+@pytest.mark.parametrize("from_value", [True, False])
+def test_variable_created_inside_train_step_is_an_error(from_value):
+    match = r"creates variable\(s\) .*__init__" if from_value else r"creates variable\(s\) made_in_step"
+    with pytest.raises(ValueError, match=match):
+        MakesAVariable(from_value).fit(_real(), batch_size=16, epochs=1, verbose=0)
+
+
+class Prints(TinyGAN):
+    def train_step(self, real):
+        print("step!")
+        return super().train_step(real)
+
+
+def test_print_in_a_compiled_step_warns_and_points_at_run_eagerly(capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Prints().fit(_real(), batch_size=16, epochs=1, verbose=0)
+        Prints(run_eagerly=True).fit(_real(), batch_size=16, epochs=1, verbose=0)
+    messages = [str(w.message) for w in caught if "print()" in str(w.message)]
+    if COMPILES:
+        assert messages and "run_eagerly=True" in messages[0]
+        # compiled: printed in the checking step and while tracing, not 6 times
+        assert capsys.readouterr().out.count("step!") < 6 + 7
+    # eager runs never warn about print
+    assert len(messages) == (1 if COMPILES else 0)

@@ -117,3 +117,74 @@ def test_save_weights_path_and_roundtrip(tmp_path):
     for a, b in zip(t.get_weights(), plain.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.weights.h5"]  # no temp file left
+
+
+# ----------------------------------------------------- data sources (issue 3)
+
+def test_dict_key_that_names_no_model_input():
+    rng = np.random.default_rng(0)
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1)(keras.layers.Concatenate()([a, b])))
+    t = Trainer(model, "sgd", "mse")
+    x = {"a": rng.random((8, 3), dtype=np.float32), "bb": rng.random((8, 2), dtype=np.float32)}
+    y = rng.random((8, 1), dtype=np.float32)
+    _untouched(t, lambda: t.fit(x, y, verbose=0), r"key\(s\) \['bb'\] that name no input.*lacks \['b'\].*\['a', 'b'\]")
+    with pytest.raises(ValueError, match="name no input"):
+        t.predict(x, verbose=0)
+
+
+def test_validation_split_on_a_tf_dataset_points_to_validation_data():
+    import tensorflow as tf
+
+    x, y = _data()
+    t = Trainer(classic_mlp(), "adam", SCE)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    _untouched(t, lambda: t.fit(ds, validation_split=0.2, verbose=0),
+               r"tf.data.Dataset.*cannot be split.*validation_data=\(x_val, y_val\)")
+
+
+def test_empty_sources():
+    import tensorflow as tf
+
+    x, y = _data()
+    t = Trainer(classic_mlp(), "adam", SCE)
+    empty = tf.data.Dataset.from_tensor_slices((x, y)).take(0).batch(16)
+    _untouched(t, lambda: t.fit(empty, verbose=0), r"tf.data.Dataset is empty")
+    _untouched(t, lambda: t.fit((b for b in []), verbose=0), r"generator is empty")
+    _untouched(t, lambda: t.fit(x[:0], y[:0], verbose=0), r"x is empty")
+
+
+def test_infinite_source_without_steps():
+    import tensorflow as tf
+
+    x, y = _data()
+    t = Trainer(classic_mlp(), "adam", SCE)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    _untouched(t, lambda: t.fit(ds, verbose=0), r"infinite.*steps_per_epoch=N")
+    _untouched(t, lambda: t.fit(x, y, validation_data=ds, verbose=0), r"infinite.*validation_steps=N")
+    with pytest.raises(ValueError, match=r"infinite.*steps=N"):
+        t.evaluate(ds, verbose=0)
+    assert t.predict(ds.map(lambda a, b: a), steps=2, verbose=0).shape == (32, 10)
+
+
+def test_class_weight_with_one_hot_labels_of_the_wrong_width():
+    x, y = _data()
+    t = Trainer(classic_mlp(), "adam", keras.losses.CategoricalCrossentropy(from_logits=True))
+    onehot = keras.utils.to_categorical(y, 10)
+    _untouched(t, lambda: t.fit(x, onehot, class_weight={0: 1.0, 1: 2.0, 2: 1.0}, verbose=0),
+               r"weights for 3 classes.*one-hot of width 10.*keys 0..9")
+    t.fit(x, onehot, class_weight={k: 1.0 for k in range(10)}, verbose=0)  # the right width trains
+
+
+def test_nan_or_inf_with_check_inputs():
+    x, y = _data()
+    bad = x.copy()
+    bad[5, 2, 3] = np.nan
+    t = Trainer(classic_mlp(), "adam", SCE)
+    _untouched(t, lambda: t.fit(bad, y, check_inputs=True, verbose=0), r"x contains NaN.*rows \[5\]")
+    inf_gen = ((np.where(np.arange(16)[:, None, None] == 3, np.inf, x[:16]), y[:16]) for _ in range(2))
+    _untouched(t, lambda: t.fit(inf_gen, check_inputs=True, verbose=0),
+               r"batch 0 of the generator: x contains Inf.*rows \[3\]")
+    with pytest.raises(ValueError, match="NaN"):
+        t.evaluate(x, y, sample_weight=np.where(np.arange(64) == 7, np.nan, 1.0), check_inputs=True, verbose=0)
+    t.fit(bad, y, verbose=0)  # off by default: Keras trains on it

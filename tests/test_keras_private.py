@@ -21,3 +21,41 @@ def test_compile_loss_flat_losses_layout():
     cl.build(np.zeros((2, 3), "float32"), np.zeros((2, 3), "float32"))
     path, fn, weight, name = cl._flat_losses[0]  # (path, loss, loss_weights, name)
     assert path == () and callable(fn)
+
+
+def test_pending_variables_lists_variables_created_in_a_stateless_scope():
+    import keras
+
+    with keras.StatelessScope():
+        v = keras.Variable(initializer="zeros", shape=(2,), name="made_inside")
+        assert any(p is v for p in _keras_private.pending_variables())
+    assert not _keras_private.pending_variables()  # initialized at the scope's exit
+
+
+def test_pydataset_adapter_and_metric_internals_used_for_data():
+    import keras
+    import numpy as np
+
+    class DS(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return np.full((3, 1), i, "float32"), np.zeros((3,), "float32")
+
+    adapter = _keras_private.PyDatasetAdapter(DS(), shuffle=False)
+    assert adapter.num_batches == 2
+    adapter.on_epoch_begin()
+    batches = list(adapter.get_numpy_iterator())
+    adapter.on_epoch_end()
+    assert [b[0][0, 0] for b in batches] == [0.0, 1.0]
+    # update_metrics_masked reads these CompileMetrics / CompileLoss internals
+    cm = _keras_private.CompileMetrics(["mae"], ["mse"])
+    cm.build(np.zeros((2, 1), "float32"), np.zeros((2, 1), "float32"))
+    for attr in ("_flatten_y", "_flat_metrics", "_flat_weighted_metrics", "_user_metrics", "_user_weighted_metrics"):
+        assert hasattr(cm, attr), attr
+    assert hasattr(_keras_private.CompileLoss(loss="mse"), "_user_loss")
+    mask = np.array([1.0, 0.0], "float32")
+    _keras_private.update_metrics_masked(cm, np.array([[0.0], [0.0]], "float32"),
+                                         np.array([[1.0], [9.0]], "float32"), mask, mask)
+    assert {k: float(v) for k, v in cm.result().items()} == {"mae": 1.0, "mse": 1.0}

@@ -1,0 +1,127 @@
+"""Padding the ragged last batch to the batch size, and masking it out.
+
+A ragged last batch has a new shape, which under ``jax.jit`` (and
+``torch.compile``) means a second compilation. Instead the loop pads it to the
+batch size by repeating real rows and hands the default steps a ``Masked``
+batch: the sample weights of padding rows are zero and ``mask`` marks the real
+rows. The default steps then compute exactly what the unpadded batch gives:
+
+- the loss gets the weights scaled by ``batch_size / real_count`` (what Keras
+  does for masked entries), so a ``"sum_over_batch_size"`` loss averages over
+  the real rows only;
+- the loss trackers count ``real_count`` samples, not the padded batch size;
+- every compiled metric sees the mask (unweighted metrics) or
+  ``sample_weight * mask`` (weighted metrics).
+
+Only the default steps get ``Masked`` batches; a custom step sees the batches
+as the data gives them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, NamedTuple
+
+import keras
+import numpy as np
+
+
+class Masked(NamedTuple):
+    """A batch padded to the batch size: ``data`` is ``(x, y, sample_weight)``
+    (padding rows weigh zero), ``mask`` is 1.0 for real rows, 0.0 for padding."""
+
+    data: Any
+    mask: Any
+
+
+def rows(tree: Any) -> int:
+    """Leading dimension of the first array leaf."""
+    return int(next(np.shape(leaf)[0] for leaf in keras.tree.flatten(tree) if leaf is not None))
+
+
+def pad_rows(tree: Any, size: int) -> Any:
+    """Pads every leaf to ``size`` rows by repeating its rows from the start."""
+    n = rows(tree)
+    if n >= size:
+        return tree
+    idx = np.resize(np.arange(n), size)
+    return keras.tree.map_structure(lambda a: None if a is None else np.take(a, idx, axis=0), tree)
+
+
+def mask_batch(batch: Any, size: int) -> Masked:
+    """Host side: ``(x, y[, sw])`` to a ``Masked`` batch of ``size`` rows."""
+    x, y, sw = keras.utils.unpack_x_y_sample_weight(batch)
+    n = rows(x)
+    mask = np.zeros((max(size, n),), keras.backend.floatx())
+    mask[:n] = 1.0
+    x, y, sw = pad_rows((x, y, sw), size) if n < size else (x, y, sw)
+
+    def weigh(w: Any) -> Any:
+        w = np.asarray(w)
+        return (w * mask.reshape((-1,) + (1,) * (w.ndim - 1))).astype(keras.backend.floatx())
+
+    sw = mask.copy() if sw is None else keras.tree.map_structure(weigh, sw)
+    return Masked((x, y, sw), mask)
+
+
+class Pad:
+    """Step side: what the default steps do differently with a ``Masked`` batch."""
+
+    def __init__(self, mask: Any):
+        self.mask = mask
+        self.count = keras.ops.sum(mask)  # real samples in the batch
+
+    def loss_weight(self, sample_weight: Any) -> Any:
+        """Weights scaled by ``size / count``: a mean over the batch becomes
+        the mean over its real rows (Keras scales masked losses the same way)."""
+        size = keras.ops.cast(keras.ops.shape(self.mask)[0], self.count.dtype)
+        scale = size / keras.ops.maximum(self.count, 1.0)
+        return keras.tree.map_structure(lambda w: w * keras.ops.cast(scale, w.dtype), sample_weight)
+
+    @contextlib.contextmanager
+    def count_real_samples(self, compile_loss: Any) -> Iterator[None]:
+        """Per-output loss trackers (Keras weighs them by the static batch
+        size): scales what the enclosed code adds to them by ``count / size``."""
+        trackers = [m for m in (getattr(compile_loss, "metrics", None) or [])
+                    if hasattr(m, "total") and hasattr(m, "count")]
+        # copies: torch assigns in place, so a bare `.value` would follow the update
+        before = [(keras.ops.copy(m.total.value), keras.ops.copy(m.count.value)) for m in trackers]
+        yield
+        size = keras.ops.cast(keras.ops.shape(self.mask)[0], self.count.dtype)
+        frac = self.count / size
+        for m, (total, count) in zip(trackers, before):
+            m.total.assign(total + (m.total.value - total) * keras.ops.cast(frac, m.total.dtype))
+            m.count.assign(count + (m.count.value - count) * keras.ops.cast(frac, m.count.dtype))
+
+    def metrics(self, trainer: Any, y: Any, y_pred: Any, sample_weight: Any) -> dict[str, Any]:
+        """``compute_metrics`` for a padded batch: every compiled metric
+        counts the real rows only. Returns the trainer's metric results."""
+        compile_metrics = getattr(trainer, "_compile_metrics", None)
+        if compile_metrics is not None and y is not None:
+            from loops._keras_private import update_metrics_masked
+
+            update_metrics_masked(compile_metrics, y, y_pred, sample_weight, self.mask)
+        return dict(trainer.get_metrics_result())
+
+
+def unwrap(batch: Any) -> tuple[Any, Pad | None]:
+    """``(batch, None)``, or for a ``Masked`` batch ``((x, y, sw), Pad)``."""
+    if isinstance(batch, Masked):
+        return batch.data, Pad(batch.mask)
+    return batch, None
+
+
+def loss_weight(pad: Pad | None, sample_weight: Any) -> Any:
+    return sample_weight if pad is None else pad.loss_weight(sample_weight)
+
+
+@contextlib.contextmanager
+def real_samples_only(pad: Pad | None, compile_loss: Any) -> Iterator[None]:
+    if pad is None:
+        yield
+    else:
+        with pad.count_real_samples(compile_loss):
+            yield
+
+
+__all__ = ["Masked", "Pad", "loss_weight", "mask_batch", "pad_rows", "real_samples_only", "rows", "unwrap"]
