@@ -91,7 +91,7 @@ def train_judge(x: np.ndarray, y: np.ndarray) -> Trainer:
     return judge
 
 
-def main(epochs: int = 60, verbose: int = 1, run_eagerly: bool = False) -> tuple[ConditionalGAN, float]:
+def main(epochs: int = 40, verbose: int = 1, run_eagerly: bool = False) -> tuple[ConditionalGAN, float]:
     from examples._digits import load_digits_split
 
     x, y, _, _ = load_digits_split()

@@ -74,7 +74,7 @@ def _warn_on_print(body: Callable[[Any], Any], kind: str) -> Callable[[Any], Any
             # autograph routes print back through builtins.print (recursion).
             (file or sys.stdout).write(sep.join(map(str, args)) + end)
 
-        builtins.print = print_once
+        builtins.print = print_once  # type: ignore[assignment]
         try:
             return body(batch)
         finally:
