@@ -210,6 +210,14 @@ class LoopMixin:
             _check_steps(name, value)
         self._check_can_train()
 
+        draws = type(self).epoch_data is not LoopMixin.epoch_data
+        if draws:
+            if x is not None or validation_split:
+                raise ValueError(
+                    f"{type(self).__name__} draws its own batches (it overrides epoch_data): call "
+                    "fit() without x/y/validation_split.")
+            self._sync()
+            x = self.epoch_data(initial_epoch)  # the first epoch's batches also build the step
         train = make_source(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
                             class_weight=class_weight, seed=self.seed, check_inputs=check_inputs)
         _require_steps(train, steps_per_epoch, "steps_per_epoch")
@@ -252,6 +260,10 @@ class LoopMixin:
             cbs.on_train_begin()
             for epoch in range(initial_epoch, epochs):
                 self.reset_metrics()
+                if draws and epoch != initial_epoch:
+                    self._sync()  # the models act on their current weights
+                    train = make_source(self.epoch_data(epoch), batch_size=batch_size, shuffle=shuffle,
+                                        seed=self.seed, check_inputs=check_inputs)
                 cbs.on_epoch_begin(epoch)
                 logs: dict[str, Any] | None = None
                 executions = self._executions(train, steps_per_epoch, k, train_plan)
@@ -284,6 +296,18 @@ class LoopMixin:
             self._sync()
         assert self.history is not None  # set by CallbackList(add_history=True)
         return self.history
+
+    def epoch_data(self, epoch: int) -> Any:
+        """Override to draw each epoch's training batches yourself (rollouts in
+        reinforcement learning) instead of passing data to ``fit``.
+
+        Called before each epoch (before ``on_epoch_begin``), with the models'
+        current weights in place so they can act. Return what ``fit`` accepts
+        as ``x``: arrays, or an iterable of ``(x, y[, sample_weight])`` or other
+        batches, which the epoch then trains on. Callbacks, History, validation
+        and ``stop_training`` work as usual.
+        """
+        return None
 
     def _finalize_optimizers(self, epochs: int) -> None:
         # Keras swaps EMA weights in at the end of fit (use_ema=True).

@@ -148,3 +148,30 @@ def test_print_in_a_compiled_step_warns_and_points_at_run_eagerly(capsys):
         assert capsys.readouterr().out.count("step!") < 6 + 7
     # eager runs never warn about print
     assert len(messages) == (1 if COMPILES else 0)
+
+
+class DrawsItsOwnData(Trainer):
+    """Each epoch's batches come from the model acting on fresh inputs (the
+    shape of an RL rollout), not from fit's arguments."""
+
+    def __init__(self):
+        super().__init__(keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]), keras.optimizers.SGD(0.1), "mse")
+        self.drawn = []
+
+    def epoch_data(self, epoch):
+        rng = np.random.default_rng(epoch)
+        x = rng.normal(size=(32, 3)).astype("float32")
+        # the model acts with its current weights (synced before this call)
+        acted = ops.convert_to_numpy(self.model(x))
+        self.drawn.append((epoch, float(np.abs(acted).sum())))
+        return [(x[i:i + 8], (x[i:i + 8] @ np.array([[1.0], [-2.0], [0.5]], "float32"))) for i in range(0, 32, 8)]
+
+
+def test_epoch_data_hook_draws_batches_each_epoch():
+    t = DrawsItsOwnData()
+    h = t.fit(epochs=4, verbose=0)
+    assert [e for e, _ in t.drawn] == [0, 1, 2, 3]
+    assert len({a for _, a in t.drawn}) == 4  # the model acted with weights that kept changing
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    with pytest.raises(ValueError, match="draws its own batches"):
+        t.fit(np.zeros((4, 3)), np.zeros((4, 1)), verbose=0)
