@@ -57,6 +57,18 @@ def _unchanged(batch: Any) -> tuple[Any, Any]:
     return batch, None
 
 
+def _uses_batch_hooks(cbs: keras.callbacks.CallbackList, kind: str) -> bool:
+    """Whether any callback overrides a per-batch hook of ``kind``. When none
+    does, the loop skips those calls: Keras's CallbackList would otherwise turn
+    the logs into Python floats every batch, a host sync per step."""
+    names = [f"on_{kind}_batch_begin", f"on_{kind}_batch_end"]
+    if kind == "train":
+        names += ["on_batch_begin", "on_batch_end"]
+    base = keras.callbacks.Callback
+    return any(getattr(getattr(cb, name), "__func__", getattr(cb, name)) is not getattr(base, name)
+               for cb in cbs.callbacks for name in names)
+
+
 def _should_eval(epoch: int, validation_freq: Any) -> bool:
     epoch += 1
     if isinstance(validation_freq, int):
@@ -253,6 +265,7 @@ class LoopMixin:
 
         steps = steps_per_epoch or train.num_batches
         cbs = self._callback_list(callbacks, verbose, epochs, steps, add_history=True)
+        batch_hooks = _uses_batch_hooks(cbs, "train")
         self.stop_training = False
         k = self.steps_per_execution
         training_logs: dict[str, Any] | None = None
@@ -269,9 +282,11 @@ class LoopMixin:
                 executions = self._executions(train, steps_per_epoch, k, train_plan)
                 try:
                     for first, last, batch, _ in executions:
-                        cbs.on_train_batch_begin(first)
+                        if batch_hooks:
+                            cbs.on_train_batch_begin(first)
                         logs = train_fn(batch)
-                        cbs.on_train_batch_end(last, logs)
+                        if batch_hooks:
+                            cbs.on_train_batch_end(last, logs)
                         if self.stop_training:
                             break
                 finally:
@@ -319,6 +334,7 @@ class LoopMixin:
                       steps: int | None, plan: _Plan | None = None) -> dict[str, Any]:
         plan = self._plan("test", source) if plan is None else plan
         test_fn = self._step_fn("test", self._sample(plan, source))
+        batch_hooks = _uses_batch_hooks(cbs, "test")
         self.stop_evaluating = False
         cbs.on_test_begin()
         self.reset_metrics()
@@ -326,9 +342,11 @@ class LoopMixin:
         executions = self._executions(source, steps, self.steps_per_execution, plan)
         try:
             for first, last, batch, _ in executions:
-                cbs.on_test_batch_begin(first)
+                if batch_hooks:
+                    cbs.on_test_batch_begin(first)
                 logs = test_fn(batch)
-                cbs.on_test_batch_end(last, logs)
+                if batch_hooks:
+                    cbs.on_test_batch_end(last, logs)
                 if self.stop_evaluating:
                     break
         finally:

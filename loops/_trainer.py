@@ -155,6 +155,7 @@ class Trainer(LoopMixin):
         self._step_fns: dict[str, Callable[[Any], Any]] = {}
         self._state: list[keras.Variable] = []
         self._in_first_step = False
+        self._metrics_cache: list[keras.metrics.Metric] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -174,6 +175,8 @@ class Trainer(LoopMixin):
         Order as Keras: the loss tracker, the compiled metrics, per-output loss
         trackers, then metrics held as attributes and the models' own metrics.
         """
+        if self._metrics_cache is not None:
+            return self._metrics_cache
         found: list[keras.metrics.Metric] = []
         if self._compile_loss is not None or type(self).train_step is Trainer.train_step:
             found.append(self._loss_tracker)
@@ -186,6 +189,8 @@ class Trainer(LoopMixin):
                 found.append(obj)
         for model in self.models:
             found.extend(m for m in model.metrics if m not in found)
+        # Walking the attributes costs; eager steps read this several times a step.
+        self._metrics_cache = found
         return found
 
     @property
@@ -545,4 +550,5 @@ class Trainer(LoopMixin):
 
     def _key(self, jit: bool) -> tuple[Any, ...]:
         self._state = discover_variables(self)
+        self._metrics_cache = None  # attributes or built metrics may have changed
         return (tuple(id(v) for v in self._state), bool(self.run_eagerly), jit, self.steps_per_execution)
