@@ -11,7 +11,6 @@ import jax
 import keras
 
 NAME = "jax"
-_ON_CPU = jax.default_backend() == "cpu"
 
 
 class _Runner:
@@ -118,10 +117,9 @@ def traces(eager: bool, jit_compile: bool) -> bool:
 
 
 def to_native(batch: Any) -> Any:
-    # On CPU the compiled call takes NumPy as it is (cheaper than a Python-side
-    # device_put per step); on an accelerator the copy starts here, on the
-    # prefetch thread, so it overlaps the running step.
-    return batch if _ON_CPU else jax.device_put(batch)
+    # Steps see jax arrays (as on the other engines they see their tensors);
+    # on the prefetch thread, so the copy overlaps the running step.
+    return jax.device_put(batch)
 
 
 def step_context() -> contextlib.AbstractContextManager[None]:
