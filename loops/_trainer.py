@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import builtins
 import inspect
-import os
 import sys
-import tempfile
 import warnings
 from typing import Any, Callable, Sequence
 
 import keras
-import numpy as np
 
 import backends
 from loops import _checks, _padding
 from loops._keras_private import CompileLoss, CompileMetrics, pending_variables
 from loops._loop import LoopMixin
 from loops._state import discover_variables, owned_objects
+from loops._weights import WeightsMixin
 
 _STEP_KINDS = ("train", "test", "predict")
 
@@ -83,7 +81,7 @@ def _warn_on_print(body: Callable[[Any], Any], kind: str) -> Callable[[Any], Any
     return traced
 
 
-class Trainer(LoopMixin):
+class Trainer(WeightsMixin, LoopMixin):
     """A training loop written once, run by the engine ``KERAS_BACKEND`` names.
 
     Args:
@@ -219,84 +217,6 @@ class Trainer(LoopMixin):
     def jax_state_sync(self) -> None:
         # Keras callbacks call this (by name, on jax) before reading the model.
         self._sync()
-
-    # ---------------------------------------------------------------- weights
-
-    def _models_or_raise(self, what: str) -> list[keras.Layer]:
-        models = self.models
-        if not models:
-            raise ValueError(f"{what}: this Trainer holds no keras.Model. Pass Trainer(model, ...).")
-        return models
-
-    def get_weights(self) -> list[np.ndarray]:
-        """Weights of every model the trainer owns, concatenated in order."""
-        self._sync()
-        return [w for m in self._models_or_raise("get_weights") for w in m.get_weights()]
-
-    def set_weights(self, weights: Sequence[Any]) -> None:
-        self._sync()
-        models = self._models_or_raise("set_weights")
-        expected = sum(len(m.weights) for m in models)
-        if len(weights) != expected:
-            raise ValueError(
-                f"set_weights got {len(weights)} arrays, but the trainer's models have {expected} "
-                "weights. Pass the list that get_weights() returns."
-            )
-        start = 0
-        for m in models:
-            m.set_weights(weights[start:start + len(m.weights)])
-            start += len(m.weights)
-
-    def _bundle(self) -> keras.Layer:
-        models = self._models_or_raise("save_weights")
-        if len(models) == 1:
-            return models[0]  # the file then loads with plain model.load_weights
-        bundle = keras.Model()
-        for name, value in vars(self).items():
-            if isinstance(value, keras.Layer):
-                setattr(bundle, name, value)
-        return bundle
-
-    def save_weights(self, filepath: str | os.PathLike[str]) -> None:
-        """Saves every model's weights to one ``.weights.h5`` file, atomically."""
-        path = os.fspath(filepath)
-        if not path.endswith(".weights.h5"):
-            raise ValueError(f"save_weights needs a path ending in '.weights.h5', got {path!r}.")
-        self._sync()
-        target = self._bundle()
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=directory)
-        os.close(fd)
-        try:
-            target.save_weights(tmp, overwrite=True)
-            os.replace(tmp, path)  # atomic: readers see the old file or the new one
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-    def load_weights(self, filepath: str | os.PathLike[str]) -> None:
-        self._sync()
-        self._bundle().load_weights(os.fspath(filepath))
-
-    def save(self, filepath: str | os.PathLike[str], overwrite: bool = True) -> None:
-        """Saves the (single) model as a ``.keras`` file (used by ModelCheckpoint)."""
-        models = self._models_or_raise("save")
-        if len(models) != 1:
-            raise ValueError(
-                f"save() writes one model, but this trainer holds {len(models)}. "
-                "Use save_weights('all.weights.h5'), or save each model yourself."
-            )
-        self._sync()
-        path = os.fspath(filepath)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1] or ".keras", dir=directory)
-        os.close(fd)
-        try:
-            models[0].save(tmp, overwrite=True)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     # ---------------------------------------------------------- differentiation
 
