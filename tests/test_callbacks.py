@@ -101,3 +101,23 @@ def test_initial_epoch_and_validation_freq():
     trainer.fit(x, y, epochs=5, initial_epoch=2, validation_data=(x, y), validation_freq=[3, 5],
                 verbose=0, callbacks=[Epochs()])
     assert epochs == [(2, True), (3, False), (4, True)]
+
+
+def test_batch_hooks_are_skipped_when_no_callback_uses_them(monkeypatch):
+    """Keras turns logs into Python floats at every batch hook (a host sync per
+    step); the loop calls the hooks only when some callback overrides them."""
+    calls = []
+    original = keras.callbacks.CallbackList.on_train_batch_end
+
+    def counting(self, batch, logs=None):
+        calls.append(batch)
+        return original(self, batch, logs)
+
+    monkeypatch.setattr(keras.callbacks.CallbackList, "on_train_batch_end", counting)
+    x, y = _data(96)
+    trainer = Trainer(classic_mlp(), "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    h = trainer.fit(x, y, batch_size=32, epochs=2, verbose=0,
+                    callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: None)])
+    assert calls == [] and len(h.history["loss"]) == 2
+    trainer.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[Recorder()])
+    assert calls == [0, 1, 2]
