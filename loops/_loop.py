@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Any, Callable, Generator, Iterator
+from typing import Any, Callable, Generator
 
 import keras
 import numpy as np
@@ -183,6 +183,29 @@ class LoopMixin:
         finally:
             fetch.close()
 
+    def _run_batches(self, kind: str, step_fn: Callable[[Any], Any],
+                     executions: Generator[tuple[int, int, Any, Any], None, None],
+                     cbs: keras.callbacks.CallbackList, batch_hooks: bool) -> dict[str, Any] | None:
+        """Runs ``step_fn`` over one pass of ``executions`` with the ``kind``
+        ("train" or "test") batch hooks; returns the last step's logs. Stops
+        after the batch that sets ``stop_training`` / ``stop_evaluating``."""
+        begin = getattr(cbs, f"on_{kind}_batch_begin")
+        end = getattr(cbs, f"on_{kind}_batch_end")
+        stop_flag = "stop_training" if kind == "train" else "stop_evaluating"
+        logs: dict[str, Any] | None = None
+        try:
+            for first, last, batch, _ in executions:
+                if batch_hooks:
+                    begin(first)
+                logs = step_fn(batch)
+                if batch_hooks:
+                    end(last, logs)
+                if getattr(self, stop_flag):
+                    break
+        finally:
+            executions.close()
+        return logs
+
     def _epoch_logs(self, last_logs: dict[str, Any] | None) -> dict[str, Any]:
         """Metric results if the step returned exactly the metrics (the usual
         case), else the last step's logs (custom steps), as Keras does."""
@@ -278,19 +301,8 @@ class LoopMixin:
                     train = make_source(self.epoch_data(epoch), batch_size=batch_size, shuffle=shuffle,
                                         seed=self.seed, check_inputs=check_inputs)
                 cbs.on_epoch_begin(epoch)
-                logs: dict[str, Any] | None = None
-                executions = self._executions(train, steps_per_epoch, k, train_plan)
-                try:
-                    for first, last, batch, _ in executions:
-                        if batch_hooks:
-                            cbs.on_train_batch_begin(first)
-                        logs = train_fn(batch)
-                        if batch_hooks:
-                            cbs.on_train_batch_end(last, logs)
-                        if self.stop_training:
-                            break
-                finally:
-                    executions.close()
+                logs = self._run_batches("train", train_fn, self._executions(train, steps_per_epoch, k, train_plan),
+                                         cbs, batch_hooks)
                 if logs is None:
                     warnings.warn(
                         f"Epoch {epoch + 1} got no batches: the data ran out. Training stops; for a "
@@ -338,19 +350,8 @@ class LoopMixin:
         self.stop_evaluating = False
         cbs.on_test_begin()
         self.reset_metrics()
-        logs: dict[str, Any] | None = None
-        executions = self._executions(source, steps, self.steps_per_execution, plan)
-        try:
-            for first, last, batch, _ in executions:
-                if batch_hooks:
-                    cbs.on_test_batch_begin(first)
-                logs = test_fn(batch)
-                if batch_hooks:
-                    cbs.on_test_batch_end(last, logs)
-                if self.stop_evaluating:
-                    break
-        finally:
-            executions.close()
+        logs = self._run_batches("test", test_fn, self._executions(source, steps, self.steps_per_execution, plan),
+                                 cbs, batch_hooks)
         host = self._epoch_logs(logs)
         cbs.on_test_end(host)
         return host
