@@ -96,3 +96,36 @@ class Backend(Protocol):
     def resolve_jit_compile(self, value: bool | str) -> bool:
         """``"auto"`` to a bool, as Keras resolves it for this engine."""
         ...
+
+    def rng_state(self) -> dict[str, Any]:
+        """The engine's global random state that Keras code may draw from
+        outside any ``SeedGenerator`` (torch's unseeded dropout), as NumPy
+        arrays by name; checkpoints save it so a resumed run draws the same."""
+        ...
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restores what ``rng_state`` returned (names it does not know are ignored)."""
+        ...
+
+    def set_deterministic(self, enabled: bool) -> None:
+        """Turns the engine's deterministic-ops mode on or off (``loops.set_seed``)."""
+        ...
+
+    def prepare_optimizer(self, optimizer: Any) -> None:
+        """Adapts a Keras optimizer, in place, to run inside this engine's
+        compiled step (jax: ``LossScaleOptimizer`` applies through its
+        ``stateless_apply``, as its stateful ``cond`` would leak tracers)."""
+        ...
+
+    def wrap_native_optimizer(self, native: Any, options: dict[str, Any]) -> Any:
+        """A ``keras.optimizers.Optimizer`` adapter around this engine's own
+        optimizer type (jax: an ``optax.GradientTransformation``; torch: a
+        ``torch.optim.Optimizer`` class), or ``None`` if ``native`` is not one.
+
+        Args:
+            native: the engine's optimizer object (or class, for torch).
+            options: keyword arguments: Keras optimizer options (``name``,
+                ``clipnorm``, ``use_ema``, ...) and, for torch, the torch
+                optimizer's own (``lr``, ``betas``, ...).
+        """
+        ...

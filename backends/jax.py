@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -42,7 +45,7 @@ class _Runner:
 
         def step(batch: Any) -> Any:
             if self._values is None:
-                self._values = [v.value for v in variables]
+                self._values = _distinct([v.value for v in variables])
             out, self._values = jitted(self._values, batch)
             return out
 
@@ -56,6 +59,20 @@ class _Runner:
         # The variables now hold the live buffers; the next step re-reads them
         # (so a callback may also assign new values in between).
         self._values = None
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    """Copies a buffer that more than one variable holds: ``a.assign(b)``
+    makes both hold ``b``'s array (keras.callbacks.SwapEMAWeights does), and
+    one buffer cannot be donated twice."""
+    seen: set[int] = set()
+    out = []
+    for value in values:
+        if id(value) in seen:
+            value = jax.numpy.array(value, copy=True)
+        seen.add(id(value))
+        out.append(value)
+    return out
 
 
 def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
@@ -129,3 +146,68 @@ def step_context() -> contextlib.AbstractContextManager[None]:
 def resolve_jit_compile(value: bool | str) -> bool:
     # As Keras: JAX compiles by default.
     return True if value == "auto" else bool(value)
+
+
+def set_deterministic(enabled: bool) -> None:
+    # XLA on CPU is deterministic already; on GPU the flag below makes
+    # reductions and scatters deterministic. XLA reads it when jax first
+    # initializes its backends, so it must be set before the first jax
+    # computation (loops.set_seed at the top of the script).
+    flag = "--xla_gpu_deterministic_ops=true"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f != flag]
+    if enabled:
+        flags.append(flag)
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+    try:
+        from jax._src import xla_bridge
+
+        initialized = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # private API moved: cannot tell
+        initialized = False
+    if enabled and initialized and any(d.platform != "cpu" for d in jax.devices()):
+        warnings.warn(
+            "loops.set_seed(deterministic=True) was called after jax initialized its GPU backend, so "
+            "XLA_FLAGS=--xla_gpu_deterministic_ops=true may not take effect. Call it at the start of "
+            "the program, before any jax computation.", stacklevel=3)
+
+
+def _loss_scale_apply(optimizer: Any, grads: Sequence[Any],
+                      trainable_variables: Sequence[keras.Variable] | None = None) -> None:
+    """``LossScaleOptimizer.apply`` without stateful branches: its ``cond``
+    over assigning functions would leak tracers out of ``jax.jit``, so it goes
+    through ``stateless_apply`` (what Keras's own JAX trainer calls)."""
+    built = optimizer._trainable_variables
+    if trainable_variables is None:
+        full = list(grads)
+    else:
+        full = [None] * len(built)
+        for g, v in zip(grads, trainable_variables):
+            full[optimizer._get_variable_index(v)] = g
+    opt_vars = optimizer.variables
+    new_trainable, new_opt = optimizer.stateless_apply(
+        [v.value for v in opt_vars], full, [v.value for v in built])
+    for v, value in zip(built, new_trainable):
+        v.assign(value)
+    for v, value in zip(opt_vars, new_opt):
+        v.assign(value)
+
+
+def prepare_optimizer(optimizer: Any) -> None:
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and "_common_apply" not in vars(optimizer):
+        optimizer._common_apply = functools.partial(_loss_scale_apply, optimizer)
+
+
+def wrap_native_optimizer(native: Any, options: dict[str, Any]) -> Any:
+    from backends import _optax
+
+    if _optax.is_transformation(native):
+        return _optax.OptaxOptimizer(native, **options)
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    return {}  # Keras on jax draws only from SeedGenerator variables (saved with the state)
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    del state

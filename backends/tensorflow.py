@@ -71,3 +71,31 @@ def resolve_jit_compile(value: bool | str) -> bool:
         return bool(value)
     # As Keras: XLA only when an accelerator is present.
     return any(d.device_type != "CPU" for d in tf.config.list_physical_devices())
+
+
+def set_deterministic(enabled: bool) -> None:
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+        return
+    # TensorFlow has no public switch back; its private one is this.
+    from tensorflow.python.framework import config
+
+    if getattr(config, "is_op_determinism_enabled", lambda: False)():
+        config.disable_op_determinism()
+
+
+def prepare_optimizer(optimizer: Any) -> None:
+    del optimizer  # Keras optimizers run inside tf.function as they are
+
+
+def wrap_native_optimizer(native: Any, options: dict[str, Any]) -> Any:
+    del native, options  # no native optimizer type: Keras optimizers are TensorFlow's
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    return {}  # Keras's tensorflow ops draw from SeedGenerator variables (saved with the state)
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    del state

@@ -7,10 +7,13 @@ do, and gradients never leak into other networks' ``.grad``.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import threading
 from typing import Any, Callable, Sequence
 
 import keras
+import numpy as np
 import torch
 
 NAME = "torch"
@@ -91,3 +94,56 @@ def step_context() -> contextlib.AbstractContextManager[None]:
 def resolve_jit_compile(value: bool | str) -> bool:
     # As Keras: "auto" means eager on torch.
     return False if value == "auto" else bool(value)
+
+
+def set_deterministic(enabled: bool) -> None:
+    if enabled:
+        # cuBLAS needs a fixed workspace for deterministic matmuls on CUDA
+        # (read when cuBLAS initializes: set it early); harmless on CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    if enabled:
+        torch.backends.cudnn.benchmark = False
+
+
+def prepare_optimizer(optimizer: Any) -> None:
+    del optimizer  # eager (or torch.compile): Keras optimizers run as they are
+
+
+def wrap_native_optimizer(native: Any, options: dict[str, Any]) -> Any:
+    from backends._torch_optim import TorchOptimizer
+
+    kwargs = dict(options)
+    cls = native
+    if isinstance(native, functools.partial):  # functools.partial(torch.optim.Adam, lr=1e-3)
+        if native.args:
+            raise TypeError("Pass a torch optimizer's arguments by keyword: functools.partial(torch.optim.Adam, lr=1e-3).")
+        cls = native.func
+        kwargs = {**native.keywords, **kwargs}
+    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
+        return TorchOptimizer(cls, **kwargs)
+    if isinstance(native, torch.optim.Optimizer):
+        raise TypeError(
+            f"Pass the torch optimizer's class, not an instance ({type(native).__name__} over some "
+            f"parameters): loops.optimizers.from_torch(torch.optim.{type(native).__name__}, lr=...) creates "
+            "it over the Keras model's variables.")
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    # An unseeded keras Dropout/noise layer on torch calls torch's own
+    # functional ops, which draw from torch's global generators.
+    state = {"torch_cpu": torch.get_rng_state().numpy()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"torch_cuda_{i}"] = s.numpy()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    if "torch_cpu" in state:
+        torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_cpu"], dtype=np.uint8)))
+    cuda = [state[f"torch_cuda_{i}"] for i in range(torch.cuda.device_count()) if f"torch_cuda_{i}" in state]
+    if cuda and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.from_numpy(np.asarray(s, dtype=np.uint8)) for s in cuda])

@@ -115,6 +115,11 @@ class DataSource:
     def batches(self, steps: int | None = None) -> Iterator[Any]:
         raise NotImplementedError
 
+    def seek(self, consumed: int, in_epoch: int) -> None:
+        """Position the source as if ``consumed`` batches had been drawn in
+        total, ``in_epoch`` of them in the current epoch (a resumed run)."""
+        raise NotImplementedError
+
 
 class ArraySource(DataSource):
     batch_size: int
@@ -149,8 +154,11 @@ class ArraySource(DataSource):
         self.class_weight = class_weight
         self.num_batches = -(-self.n // self.batch_size)
         # Shuffling uses NumPy's generator, never an engine's: the same seed
-        # gives the same batch order on every backend.
-        self._rng = np.random.default_rng(np.random.randint(2**31) if seed is None else seed)
+        # gives the same batch order on every backend. Pass p's order is a pure
+        # function of (seed, p), so a checkpoint resumes it from two integers.
+        self.seed = int(np.random.randint(2**31) if seed is None else seed)
+        self._pass = 0  # passes started
+        self._skip = 0  # batches to skip at the start of the next pass (resume)
         self._stream: Iterator[Any] | None = None
 
     def split(self, fraction: float) -> tuple[ArraySource, ArraySource]:
@@ -166,7 +174,7 @@ class ArraySource(DataSource):
         train = ArraySource(take(self.x, slice(None, cut)), take(self.y, slice(None, cut)),
                             take(self.sample_weight, slice(None, cut)), batch_size=self.batch_size,
                             shuffle=self.shuffle, class_weight=self.class_weight,
-                            seed=int(self._rng.integers(2**31)))
+                            seed=int(np.random.default_rng([self.seed, 2**31]).integers(2**31)))
         val = ArraySource(take(self.x, slice(cut, None)), take(self.y, slice(cut, None)),
                           take(self.sample_weight, slice(cut, None)), batch_size=self.batch_size)
         return train, val
@@ -179,10 +187,24 @@ class ArraySource(DataSource):
             sw = cw if sw is None else sw * cw
         return _pack(x, y, sw)
 
+    def order(self, p: int) -> np.ndarray:
+        """The sample order of pass ``p`` (0-based)."""
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, p]).permutation(self.n)
+
     def _one_pass(self) -> Iterator[Any]:
-        order = self._rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        for start in range(0, self.n, self.batch_size):
+        order = self.order(self._pass)
+        self._pass += 1
+        skip, self._skip = self._skip, 0
+        for start in range(skip * self.batch_size, self.n, self.batch_size):
             yield self._batch(order[start:start + self.batch_size])
+
+    def seek(self, consumed: int, in_epoch: int) -> None:
+        """Continue as if ``consumed`` batches had been drawn (a resumed run)."""
+        del in_epoch  # the position follows from the total: whole passes, then the rest
+        self._pass, self._skip = divmod(int(consumed), -(-self.n // self.batch_size))
+        self._stream = None
 
     def peek(self) -> Any:
         return self._batch(np.arange(min(self.batch_size, self.n)))
@@ -217,6 +239,7 @@ class IterableSource(DataSource):
         self._pending: list[Any] = []
         self._structure: Any = None
         self._seen = 0
+        self._seek: tuple[int, int] | None = None  # (consumed, in epoch) to skip on resume
         self.infinite = infinite
         if num_batches is None and self._reiterable and hasattr(data, "__len__"):
             try:
@@ -257,6 +280,12 @@ class IterableSource(DataSource):
             element = (x, y, cw if sw is None else sw * cw)
         return element
 
+    def seek(self, consumed: int, in_epoch: int) -> None:
+        """Continue as if ``consumed`` batches had been drawn (``in_epoch`` of
+        them in the current epoch): the skipped batches are read and dropped,
+        so a resumed run is exact only if the stream yields the same batches."""
+        self._seek = (int(consumed), int(in_epoch))
+
     def peek(self) -> Any:
         try:
             raw = self._next_raw()
@@ -274,6 +303,21 @@ class IterableSource(DataSource):
                 "to say how many batches make an epoch.")
         if self._reiterable and not self._pending and steps is None:
             self._iter = None  # restart a re-iterable each epoch
+        if self._seek is not None:
+            # A re-iterable restarts each epoch unless steps are given; then,
+            # like an iterator, its position carries over between epochs.
+            consumed, in_epoch = self._seek
+            self._seek = None
+            for _ in range(in_epoch if self._reiterable and steps is None else consumed):
+                try:
+                    self._next_raw()
+                except StopIteration:
+                    if not self._reiterable:
+                        raise ValueError(
+                            f"Resuming needs to skip {consumed} batches already trained on, but the "
+                            f"{self.kind} ran out first. Resume with the same data.") from None
+                    self._iter = None
+                    self._next_raw()
         count = 0
         while steps is None or count < steps:
             try:

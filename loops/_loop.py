@@ -15,8 +15,10 @@ import keras
 import numpy as np
 
 from loops import _padding
+from loops._checkpoint import Checkpointer
 from loops._data import ArraySource, DataSource, check_input_names, make_source
 from loops._prefetch import Inline, Prefetcher
+from loops._progress import _Progress
 
 _Plan = Callable[[Any], tuple[Any, Any]]
 _DEFAULT_METHODS = {"train": ("train_step", "compute_loss", "compute_metrics"),
@@ -86,8 +88,9 @@ class LoopMixin:
     stop_evaluating: bool
     stop_predicting: bool
     history: keras.callbacks.History | None
-    optimizer: keras.optimizers.Optimizer | None
+    optimizer: Any
     model: keras.Model | None
+    _initial_epoch: int | None
 
     #: Pad a ragged last batch to the batch size and mask it (default steps
     #: only), so it does not compile a second step. Set False to get Keras's
@@ -185,21 +188,30 @@ class LoopMixin:
 
     def _run_batches(self, kind: str, step_fn: Callable[[Any], Any],
                      executions: Generator[tuple[int, int, Any, Any], None, None],
-                     cbs: keras.callbacks.CallbackList, batch_hooks: bool) -> dict[str, Any] | None:
+                     cbs: keras.callbacks.CallbackList, batch_hooks: bool,
+                     progress: _Progress | None = None) -> dict[str, Any] | None:
         """Runs ``step_fn`` over one pass of ``executions`` with the ``kind``
         ("train" or "test") batch hooks; returns the last step's logs. Stops
-        after the batch that sets ``stop_training`` / ``stop_evaluating``."""
+        after the batch that sets ``stop_training`` / ``stop_evaluating``.
+        ``progress`` (training only) counts steps and writes checkpoints."""
         begin = getattr(cbs, f"on_{kind}_batch_begin")
         end = getattr(cbs, f"on_{kind}_batch_end")
         stop_flag = "stop_training" if kind == "train" else "stop_evaluating"
+        offset = progress.step if progress is not None else 0  # a resumed epoch starts mid-way
         logs: dict[str, Any] | None = None
         try:
             for first, last, batch, _ in executions:
+                if progress is not None:
+                    progress.before_step()
                 if batch_hooks:
-                    begin(first)
+                    begin(offset + first)
                 logs = step_fn(batch)
+                if progress is not None:
+                    progress.after_step(last - first + 1, logs)
                 if batch_hooks:
-                    end(last, logs)
+                    end(offset + last, logs)
+                if progress is not None:
+                    progress.check_signal()  # SIGTERM: checkpoint this step and exit
                 if getattr(self, stop_flag):
                     break
         finally:
@@ -220,11 +232,19 @@ class LoopMixin:
             validation_data: Any = None, shuffle: bool = True, class_weight: dict[int, float] | None = None,
             sample_weight: Any = None, initial_epoch: int = 0, steps_per_epoch: int | None = None,
             validation_steps: int | None = None, validation_batch_size: int | None = None,
-            validation_freq: Any = 1, check_inputs: bool = False) -> keras.callbacks.History:
+            validation_freq: Any = 1, check_inputs: bool = False, checkpoint_dir: Any = None,
+            checkpoint_every: Any = "epoch", keep: int | None = 3, resume: bool = True) -> keras.callbacks.History:
         """Trains for ``epochs`` epochs; arguments as ``keras.Model.fit``.
 
         ``check_inputs=True`` checks every float input for NaN and Inf (arrays
         before training starts, streamed batches as they arrive).
+
+        ``checkpoint_dir`` turns on training checkpoints (see
+        ``loops/_checkpoint.py``): every ``checkpoint_every`` steps (or
+        ``"epoch"``), at the end, on an exception and on SIGTERM, keeping the
+        ``keep`` newest. With ``resume=True`` (the default) a directory that
+        holds a checkpoint is resumed from exactly where it stopped: weights,
+        optimizer, metric and seed state, epoch, step and data position.
 
         Returns:
             The ``keras.callbacks.History`` of epoch logs (``val_`` prefixed for
@@ -243,6 +263,7 @@ class LoopMixin:
             raise ValueError(f"validation_freq must be a positive int or a list of epochs, got {validation_freq!r}.")
         for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
             _check_steps(name, value)
+        ckpt = Checkpointer(checkpoint_dir, checkpoint_every, keep) if checkpoint_dir is not None else None
         self._check_can_train()
 
         draws = type(self).epoch_data is not LoopMixin.epoch_data
@@ -286,23 +307,46 @@ class LoopMixin:
             self._step_fn("test", self._sample(val_plan, val))
             train_fn = self._step_fn("train", self._sample(train_plan, train))
 
+        progress = _Progress(self, ckpt, initial_epoch, {
+            "batch_size": getattr(train, "batch_size", None), "num_batches": train.num_batches,
+            "samples": getattr(train, "n", None), "shuffle": bool(shuffle), "steps_per_epoch": steps_per_epoch,
+            "epochs": epochs, "draws": draws})
+        resumed = progress.resume(resume, train)
+        if resumed and draws:
+            self._sync()  # the restored models draw the resumed epoch's batches
+            train = make_source(self.epoch_data(progress.epoch), batch_size=batch_size, shuffle=shuffle,
+                                seed=self.seed, check_inputs=check_inputs)
+            progress.seek(train)
         steps = steps_per_epoch or train.num_batches
         cbs = self._callback_list(callbacks, verbose, epochs, steps, add_history=True)
+        progress.callbacks = cbs
         batch_hooks = _uses_batch_hooks(cbs, "train")
         self.stop_training = False
+        self._initial_epoch = None  # BackupAndRestore sets it in on_train_begin, as in Keras
         k = self.steps_per_execution
         training_logs: dict[str, Any] | None = None
+        if ckpt is not None:
+            ckpt.install_signal_handler()
         try:
             cbs.on_train_begin()
-            for epoch in range(initial_epoch, epochs):
-                self.reset_metrics()
-                if draws and epoch != initial_epoch:
+            progress.restore_history()
+            first_epoch = self._initial_epoch or progress.epoch
+            if progress.finished:
+                first_epoch = epochs  # the checkpointed run had stopped (stop_training): nothing to do
+            for epoch in range(first_epoch, epochs):
+                progress.start_epoch(epoch)
+                if progress.step == 0:
+                    self.reset_metrics()  # (a resumed epoch keeps the restored metric state)
+                if draws and epoch != initial_epoch and not (resumed and epoch == first_epoch):
                     self._sync()  # the models act on their current weights
                     train = make_source(self.epoch_data(epoch), batch_size=batch_size, shuffle=shuffle,
                                         seed=self.seed, check_inputs=check_inputs)
                 cbs.on_epoch_begin(epoch)
-                logs = self._run_batches("train", train_fn, self._executions(train, steps_per_epoch, k, train_plan),
-                                         cbs, batch_hooks)
+                remaining = steps_per_epoch - progress.step if steps_per_epoch else None
+                logs = self._run_batches("train", train_fn, self._executions(train, remaining, k, train_plan),
+                                         cbs, batch_hooks, progress)
+                if logs is None and progress.step > 0:
+                    logs = progress.last_logs  # resumed after the epoch's last step
                 if logs is None:
                     warnings.warn(
                         f"Epoch {epoch + 1} got no batches: the data ran out. Training stops; for a "
@@ -311,15 +355,22 @@ class LoopMixin:
                     break
                 epoch_logs = self._epoch_logs(logs)
                 if val is not None and _should_eval(epoch, validation_freq):
-                    val_logs = self._run_evaluate(val, cbs, validation_steps, val_plan)
+                    val_logs = self._run_evaluate(val, cbs, validation_steps, val_plan, progress)
                     epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
                 cbs.on_epoch_end(epoch, epoch_logs)
                 training_logs = epoch_logs
+                progress.end_epoch(epoch, final=self.stop_training or epoch == epochs - 1)
                 if self.stop_training:
                     break
+            progress.end_training()
             self._finalize_optimizers(epochs)
             cbs.on_train_end(logs=training_logs)
+        except BaseException:
+            progress.on_exception()
+            raise
         finally:
+            if ckpt is not None:
+                ckpt.uninstall_signal_handler()
             self._sync()
         assert self.history is not None  # set by CallbackList(add_history=True)
         return self.history
@@ -338,12 +389,14 @@ class LoopMixin:
 
     def _finalize_optimizers(self, epochs: int) -> None:
         # Keras swaps EMA weights in at the end of fit (use_ema=True).
-        if epochs > 0 and self.optimizer is not None and self.model is not None:
+        optimizer = getattr(self, "_optimizer", None)  # the default step's (a subclass finalizes its own)
+        if epochs > 0 and optimizer is not None and self.model is not None:
             self._sync()
-            self.optimizer.finalize_variable_values(self.model.trainable_variables)
+            optimizer.finalize_variable_values(self.model.trainable_variables)
 
     def _run_evaluate(self, source: DataSource, cbs: keras.callbacks.CallbackList,
-                      steps: int | None, plan: _Plan | None = None) -> dict[str, Any]:
+                      steps: int | None, plan: _Plan | None = None,
+                      progress: _Progress | None = None) -> dict[str, Any]:
         plan = self._plan("test", source) if plan is None else plan
         test_fn = self._step_fn("test", self._sample(plan, source))
         batch_hooks = _uses_batch_hooks(cbs, "test")
@@ -352,6 +405,8 @@ class LoopMixin:
         self.reset_metrics()
         logs = self._run_batches("test", test_fn, self._executions(source, steps, self.steps_per_execution, plan),
                                  cbs, batch_hooks)
+        if progress is not None:
+            progress.check_signal()  # SIGTERM during validation: checkpoint the training position
         host = self._epoch_logs(logs)
         cbs.on_test_end(host)
         return host

@@ -16,6 +16,7 @@ import keras
 
 import backends
 from loops import _checks, _padding
+from loops import optimizers as _optimizers
 from loops._keras_private import CompileLoss, CompileMetrics, pending_variables
 from loops._loop import LoopMixin
 from loops._state import discover_variables, owned_objects
@@ -81,6 +82,39 @@ def _warn_on_print(body: Callable[[Any], Any], kind: str) -> Callable[[Any], Any
     return traced
 
 
+class OptimizerGroup:
+    """What ``trainer.optimizer`` is (and so what callbacks see as
+    ``self.model.optimizer``) when a Trainer subclass holds several optimizers
+    and sets none as ``optimizer``: Keras's callbacks act on each of
+    ``optimizers`` (ReduceLROnPlateau cuts every learning rate by its factor,
+    LearningRateScheduler schedules each, TensorBoard logs each), as they do
+    for Keras's multi-optimizer wrappers."""
+
+    def __init__(self, optimizers: Sequence[keras.optimizers.Optimizer]):
+        self.optimizers = list(optimizers)
+
+    @property
+    def name(self) -> str:
+        return "+".join(o.name for o in self.optimizers)
+
+    @property
+    def iterations(self) -> Any:
+        return self.optimizers[0].iterations  # the first optimizer's step count
+
+    @property
+    def built(self) -> bool:
+        return all(o.built for o in self.optimizers)
+
+    @property
+    def learning_rate(self) -> Any:
+        raise AttributeError(
+            f"This trainer holds {len(self.optimizers)} optimizers ({self.name}), each with its own "
+            "learning rate: use trainer.optimizer.optimizers[i].learning_rate.")
+
+    def __repr__(self) -> str:
+        return f"OptimizerGroup({self.name})"
+
+
 class Trainer(WeightsMixin, LoopMixin):
     """A training loop written once, run by the engine ``KERAS_BACKEND`` names.
 
@@ -96,6 +130,21 @@ class Trainer(WeightsMixin, LoopMixin):
             and a debugger work inside ``train_step``.
         steps_per_execution: batches run per compiled call.
         seed: seed for shuffling array inputs (backend-independent order).
+        gradient_accumulation_steps: update every k batches with the mean of
+            their gradients (training on k-times larger batches); set on every
+            optimizer the trainer holds, so custom steps get it too.
+        clipnorm, clipvalue, global_clipnorm: gradient clipping as Keras
+            optimizers take it (at most one), set on every optimizer the
+            trainer holds. The default step then logs ``grad_norm``, the
+            global norm of the gradients before clipping (and unscaled).
+        auto_scale_loss: wrap the optimizer in ``keras.optimizers.LossScaleOptimizer``
+            when the model computes in float16 (``mixed_float16``) and the
+            default ``train_step`` runs, as ``keras.Model.compile`` does. A
+            custom step wraps its optimizers itself and scales its loss with
+            ``optimizer.scale_loss(loss)``.
+
+    ``optimizer`` may also be an engine's own: an ``optax.GradientTransformation``
+    (jax) or a ``torch.optim.Optimizer`` class (torch); see ``loops.optimizers``.
 
     Example:
         >>> trainer = Trainer(model, optimizer="adam",
@@ -118,6 +167,11 @@ class Trainer(WeightsMixin, LoopMixin):
         run_eagerly: bool = False,
         steps_per_execution: int = 1,
         seed: int | None = None,
+        gradient_accumulation_steps: int | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        auto_scale_loss: bool = True,
     ):
         if model is not None and not isinstance(model, keras.Layer):
             raise TypeError(
@@ -129,8 +183,22 @@ class Trainer(WeightsMixin, LoopMixin):
         if not isinstance(steps_per_execution, int) or isinstance(steps_per_execution, bool) \
                 or steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be a positive integer, got {steps_per_execution!r}.")
+        if not isinstance(auto_scale_loss, bool):
+            raise TypeError(f"auto_scale_loss must be True or False, got {auto_scale_loss!r}.")
         self.model = model
-        self.optimizer = keras.optimizers.get(optimizer) if optimizer is not None else None
+        self._optimizer_options = _optimizers.check_options(
+            gradient_accumulation_steps=gradient_accumulation_steps, clipnorm=clipnorm, clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm)
+        opt = _optimizers.get(optimizer)  # Keras's, or optax / torch.optim behind an adapter
+        if opt is not None:
+            _optimizers.configure(opt, self._optimizer_options)
+            if auto_scale_loss and type(self).train_step is Trainer.train_step \
+                    and _optimizers.needs_loss_scaling(model) \
+                    and not isinstance(opt, keras.optimizers.LossScaleOptimizer):
+                opt = keras.optimizers.LossScaleOptimizer(opt)  # float16 gradients underflow unscaled
+        self.optimizer = opt
+        # With clipping on, the default step logs the pre-clip gradient norm.
+        self._grad_norm_tracker = keras.metrics.Mean(name="grad_norm") if _optimizers.clips(opt) else None
         output_names = getattr(model, "output_names", None)
         for leaf in keras.tree.flatten(loss) if loss is not None else []:
             if isinstance(leaf, str):
@@ -147,6 +215,7 @@ class Trainer(WeightsMixin, LoopMixin):
         self.stop_evaluating = False
         self.stop_predicting = False
         self.history: keras.callbacks.History | None = None
+        self._initial_epoch: int | None = None
         self._engine = backends.get()
         self._runner: Any = None
         self._runner_key: tuple[Any, ...] | None = None
@@ -156,6 +225,38 @@ class Trainer(WeightsMixin, LoopMixin):
         self._metrics_cache: list[keras.metrics.Metric] | None = None
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def optimizer(self) -> Any:
+        """The optimizer passed to ``Trainer`` (or assigned). If none was and
+        a subclass holds optimizers as attributes: that one, or an
+        ``OptimizerGroup`` of all of them (what Keras callbacks then adjust)."""
+        if self._optimizer is not None:
+            return self._optimizer
+        held = self.optimizers
+        if not held:
+            return None
+        return held[0] if len(held) == 1 else OptimizerGroup(held)
+
+    @optimizer.setter
+    def optimizer(self, value: Any) -> None:
+        self._optimizer = _optimizers.get(value)  # Keras's, or optax / torch.optim behind an adapter
+
+    @property
+    def layers(self) -> list[keras.Layer]:
+        """The layers of every model held (TensorBoard's weight histograms read this)."""
+        out: list[keras.Layer] = []
+        for model in self.models:
+            out.extend(getattr(model, "layers", None) or [model])
+        return out
+
+    @property
+    def built(self) -> bool:
+        return all(m.built for m in self.models)
+
+    @property
+    def train_function(self) -> Any:
+        return self._step_fns.get("train")
 
     @property
     def models(self) -> list[keras.Layer]:
@@ -248,10 +349,10 @@ class Trainer(WeightsMixin, LoopMixin):
         """
         variables = list(variables)
         _checks.check_variables(variables)
-        if inputs is None:
-            input_list: list[Any] = []
-        else:
-            input_list = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        # (No annotation here: tf.function's autograph cannot convert an
+        # annotated name that a nested function closes over.)
+        input_list = [] if inputs is None else list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if input_list:
             _checks.check_inputs(input_list)
         if not variables and not input_list:
             raise ValueError("value_and_grad needs something to differentiate: pass variables and/or inputs.")
@@ -342,7 +443,7 @@ class Trainer(WeightsMixin, LoopMixin):
         every backend."""
         batch, pad = _padding.unwrap(batch)  # pad: set when the loop padded a ragged batch
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
-        optimizer = self.optimizer
+        optimizer = self._optimizer
         if optimizer is None or self.model is None:
             raise ValueError("The default train_step needs Trainer(model, optimizer=..., loss=...).")
         variables = self.model.trainable_variables
@@ -354,6 +455,8 @@ class Trainer(WeightsMixin, LoopMixin):
 
         with _padding.real_samples_only(pad, self._compile_loss):
             (_, (loss, y_pred)), grads = self.value_and_grad(loss_fn, variables, has_aux=True)
+        if self._grad_norm_tracker is not None:  # clipping is on: log the norm before it
+            _optimizers.track_grad_norm(self._grad_norm_tracker, grads, optimizer)
         optimizer.apply(grads, variables)
         self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x) if pad is None else pad.count)
         if pad is not None:
@@ -367,9 +470,11 @@ class Trainer(WeightsMixin, LoopMixin):
         with _padding.real_samples_only(pad, self._compile_loss):
             loss = self.compute_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight), training=False)
         self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x) if pad is None else pad.count)
-        if pad is not None:
-            return pad.metrics(self, y, y_pred, sample_weight)
-        return self.compute_metrics(x, y, y_pred, sample_weight)
+        logs = pad.metrics(self, y, y_pred, sample_weight) if pad is not None \
+            else self.compute_metrics(x, y, y_pred, sample_weight)
+        if self._grad_norm_tracker is not None:
+            logs.pop(self._grad_norm_tracker.name, None)  # a training quantity: no val_grad_norm
+        return logs
 
     def predict_step(self, batch: Any) -> Any:
         x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
@@ -382,7 +487,7 @@ class Trainer(WeightsMixin, LoopMixin):
             return  # a custom step brings its own models and optimizers
         if self.model is None:
             raise ValueError("fit() needs a model: pass Trainer(model, optimizer=..., loss=...).")
-        if self.optimizer is None:
+        if self._optimizer is None:
             raise ValueError(
                 "fit() needs an optimizer: pass Trainer(model, optimizer='adam', ...) or set "
                 "trainer.optimizer = keras.optimizers.Adam(1e-3) before fit()."
@@ -400,6 +505,9 @@ class Trainer(WeightsMixin, LoopMixin):
         trainer cannot see (under jax.jit their updates would be lost).
         """
         self._state = discover_variables(self)
+        # The Trainer's optimizer options on every optimizer it holds (custom
+        # steps' too), and the engine's adaptations, before anything builds.
+        _optimizers.prepare(self.optimizers, self._optimizer_options)
         # Optimizers only build here: their updates are engine-specific writes
         # (tensorflow's bypass keras.Variable) that no scope can intercept.
         optimizers = self.optimizers

@@ -56,11 +56,13 @@ class WeightsMixin:
                 setattr(bundle, name, value)
         return bundle
 
-    def save_weights(self, filepath: str | os.PathLike[str]) -> None:
+    def save_weights(self, filepath: str | os.PathLike[str], overwrite: bool = True) -> None:
         """Saves every model's weights to one ``.weights.h5`` file, atomically."""
         path = os.fspath(filepath)
         if not path.endswith(".weights.h5"):
             raise ValueError(f"save_weights needs a path ending in '.weights.h5', got {path!r}.")
+        if not overwrite and os.path.exists(path):
+            raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it.")
         self._sync()
         target = self._bundle()
         directory = os.path.dirname(os.path.abspath(path))
@@ -87,6 +89,8 @@ class WeightsMixin:
             )
         self._sync()
         path = os.fspath(filepath)
+        if not overwrite and os.path.exists(path):
+            raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it.")
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1] or ".keras", dir=directory)
         os.close(fd)
