@@ -21,7 +21,8 @@ class Runner(Protocol):
     stateful engines (tensorflow, torch) have nothing to sync.
     """
 
-    def compile(self, fn: Callable[[Tree], Tree], *, eager: bool, jit_compile: bool) -> Callable[[Tree], Tree]:
+    def compile(self, fn: Callable[[Tree], Tree], *, eager: bool, jit_compile: bool,
+                on_trace: Callable[[Tree], None] | None = None, kind: str = "train") -> Callable[[Tree], Tree]:
         """Builds the callable that runs ``fn(batch)`` as one step.
 
         Args:
@@ -30,6 +31,13 @@ class Runner(Protocol):
             eager: run ``fn`` as plain Python (``run_eagerly=True``): ``print``
                 and debuggers work inside it.
             jit_compile: when not eager, compile with XLA / ``torch.compile``.
+            on_trace: called with the batch (tracers: shapes and dtypes only)
+                each time the engine traces or compiles the step anew; never
+                called for eager steps.
+            kind: ``"train"``, ``"test"`` or ``"predict"``. Under data
+                parallelism (``Backend.replicas``) the step's outputs are
+                those of the global batch: logs averaged over replicas,
+                ``"predict"`` outputs gathered along the batch axis.
 
         Returns:
             ``step(batch) -> outputs``; outputs are engine tensors.
@@ -38,6 +46,62 @@ class Runner(Protocol):
 
     def sync(self) -> None:
         """Writes state held by compiled steps back into the variables."""
+        ...
+
+
+class Replicas(Protocol):
+    """Data parallelism on the engine's own distributed runtime: jax's
+    ``keras.distribution`` (sharding), tensorflow's ``tf.distribute`` strategy,
+    torch's ``torch.distributed`` process group. Every process iterates the
+    same global batches; the loop hands ``to_native`` this process's rows.
+
+    Under it the engine guarantees global-batch semantics: ``value_and_grad``
+    returns the gradient averaged over replicas (so every replica applies the
+    same update), ``Runner.compile(kind=...)`` returns global logs and
+    predictions, and metric results read inside ``global_metric_state`` are
+    those of all replicas' data.
+    """
+
+    num_replicas: int       # replicas the batch axis is split over (devices, or processes)
+    replicas_in_step: int   # replicas a step's batch is one shard of: 1 where the step sees the global batch (jax)
+    process_index: int      # this process; 0 is the chief (prints, writes files)
+    process_count: int      # processes feeding batches (hosts, or torchrun's processes)
+    key: tuple[Any, ...]    # identifies the setup (a compiled step is rebuilt when it changes)
+    description: str        # for messages
+
+    def scope(self) -> AbstractContextManager[None]:
+        """The context the loop runs in (variables created inside are laid
+        out / mirrored; tensorflow reads metric state as its aggregate)."""
+        ...
+
+    def to_native(self, batch: Tree) -> Tree:
+        """This process's rows of a global batch (host arrays) to the step's
+        input: jax global arrays split over devices, a tensorflow per-replica
+        value, torch tensors. Runs on the prefetch thread."""
+        ...
+
+    def global_metric_state(self, variables: Sequence[Any]) -> AbstractContextManager[None]:
+        """Inside it, metric state variables (``synchronization="on_read"``)
+        read as their aggregate over replicas (a collective on torch: every
+        process enters it at the same point)."""
+        ...
+
+    def localize_metric_state(self, variables: Sequence[Any]) -> None:
+        """After restoring saved (aggregate) metric state into the variables:
+        splits it so that the aggregate over replicas is the saved value."""
+        ...
+
+    def mean(self, tree: Tree) -> Tree:
+        """Values each replica computed (a custom step's logs), averaged over
+        replicas; the identity where the step's outputs are global already."""
+        ...
+
+    def first(self, value: int) -> int:
+        """Process 0's ``value``, on every process (a data seed)."""
+        ...
+
+    def max(self, value: int) -> int:
+        """The largest ``value`` over processes (a signal any of them got)."""
         ...
 
 
@@ -76,13 +140,25 @@ class Backend(Protocol):
         Returns:
             ``(out, grads)``: ``out`` as ``fn`` returned it, ``grads`` for
             ``variables`` then ``inputs``, in order; ``None`` where the loss
-            does not depend on one.
+            does not depend on one. Under data parallelism (``replicas``) the
+            gradients of ``variables`` at the outermost call are averaged over
+            replicas (those of ``inputs`` stay per sample); ``out`` is this
+            replica's.
         """
         ...
 
     def traces(self, eager: bool, jit_compile: bool) -> bool:
         """Whether ``Runner.compile`` with these options runs the step's Python
         only while tracing (so a ``print`` in it runs once, not every step)."""
+        ...
+
+    def host_values(self, fn: Callable[..., None], tensors: Sequence[Any]) -> None:
+        """Calls ``fn(*arrays)`` with the values of ``tensors`` as NumPy arrays,
+        from eager code, including inside ``value_and_grad``'s function (jax:
+        through ``jax.debug.callback``, which runs at once there). Where the
+        values are abstract (a trace being staged) ``fn`` is not called.
+        For one-time checks and debugging replays, never for compiled steps.
+        An exception ``fn`` raises propagates to the caller."""
         ...
 
     def to_native(self, batch: Tree) -> Tree:
@@ -115,6 +191,23 @@ class Backend(Protocol):
         """Adapts a Keras optimizer, in place, to run inside this engine's
         compiled step (jax: ``LossScaleOptimizer`` applies through its
         ``stateless_apply``, as its stateful ``cond`` would leak tracers)."""
+        ...
+
+    def replicas(self, variables: Sequence[Any]) -> Replicas | None:
+        """The data-parallel setup the trainer's ``variables`` run under (jax:
+        the active ``keras.distribution``; tensorflow: the strategy they were
+        created under, else the current one; torch: the initialized process
+        group of more than one process), or None for one device."""
+        ...
+
+    def data_parallel(self, devices: Any) -> Callable[[], None]:
+        """Starts data parallelism the engine's way (``loops.data_parallel``):
+        jax ``set_distribution(DataParallel(devices))`` (after
+        ``keras.distribution.initialize()`` when launched as several
+        processes), tensorflow ``MirroredStrategy(devices)`` (or
+        ``MultiWorkerMirroredStrategy`` under a multi-task ``TF_CONFIG``) made
+        current, torch ``init_process_group`` from ``torchrun``'s environment
+        (NCCL on GPU, gloo on CPU). Returns the function that undoes it."""
         ...
 
     def wrap_native_optimizer(self, native: Any, options: dict[str, Any]) -> Any:

@@ -12,6 +12,10 @@ from typing import Any, Callable, Sequence
 
 import jax
 import keras
+import numpy as np
+
+from backends import _distributed_jax as _dp
+from backends._distributed_jax import data_parallel, replicas  # noqa: F401  (protocol functions)
 
 NAME = "jax"
 
@@ -23,7 +27,10 @@ class _Runner:
         # hold the truth" (after a sync, or before the first step).
         self._values: list[Any] | None = None
 
-    def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool) -> Callable[[Any], Any]:
+    def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool,
+                on_trace: Callable[[Any], None] | None = None, kind: str = "train") -> Callable[[Any], Any]:
+        del kind  # outputs are global arrays with or without a distribution
+        distribution = _dp.current()  # keras.distribution (the loop runs in its scope)
         if eager or not jit_compile:
             def eager_step(batch: Any) -> Any:
                 self.sync()
@@ -34,6 +41,8 @@ class _Runner:
         variables = self.variables
 
         def pure(values: list[Any], batch: Any) -> tuple[Any, list[Any]]:
+            if on_trace is not None:
+                on_trace(batch)  # this Python runs only while jax.jit traces
             mapping = list(zip(variables, values))
             with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
                 out = fn(batch)
@@ -41,11 +50,19 @@ class _Runner:
 
         # Donated: the old state buffers are dead after each call, so nothing
         # may keep a reference to them (see sync()).
-        jitted = jax.jit(pure, donate_argnums=0)
+        if distribution is None:
+            jitted = jax.jit(pure, donate_argnums=0)
+        else:
+            # State keeps its layout (replicated, or split by a LayoutMap);
+            # logs and predictions come back replicated (readable on every host).
+            jitted = jax.jit(pure, donate_argnums=0, out_shardings=(
+                _dp.replicated(distribution), _dp.variable_shardings(distribution, variables)))
 
         def step(batch: Any) -> Any:
             if self._values is None:
                 self._values = _distinct([v.value for v in variables])
+                if distribution is not None:  # e.g. an optimizer built outside the distribution
+                    self._values = _dp.place(distribution, variables, self._values)
             out, self._values = jitted(self._values, batch)
             return out
 
@@ -131,6 +148,28 @@ def value_and_grad(
 
 def traces(eager: bool, jit_compile: bool) -> bool:
     return not eager and jit_compile
+
+
+def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
+    tensors = list(tensors)
+    if not any(isinstance(t, jax.core.Tracer) for t in tensors):
+        fn(*[np.asarray(t) for t in tensors])
+        return
+    # Inside jax.value_and_grad (eager) the values are tracers; a debug
+    # callback receives their concrete values at once (under make_jaxpr it is
+    # only staged, so fn is not called). Its exceptions are re-raised here
+    # rather than logged by jax.
+    errors: list[BaseException] = []
+
+    def callback(*arrays: Any) -> None:
+        try:
+            fn(*[np.asarray(a) for a in arrays])
+        except Exception as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    jax.debug.callback(callback, *tensors)
+    if errors:
+        raise errors[0]
 
 
 def to_native(batch: Any) -> Any:

@@ -5,27 +5,52 @@ gradients from ``tf.GradientTape``. Variables are stateful: nothing to sync.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
 
+from backends import _distributed_tf as _dp
+from backends._distributed_tf import data_parallel, replicas  # noqa: F401  (protocol functions)
+
 NAME = "tensorflow"
+
+# Depth of value_and_grad calls on this thread (replicas run on threads of their
+# own): only the outermost call's gradients are averaged over replicas.
+_nesting = threading.local()
 
 
 class _Runner:
     def __init__(self, variables: Sequence[keras.Variable]):
         self.variables = list(variables)
 
-    def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool) -> Callable[[Any], Any]:
+    def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool,
+                on_trace: Callable[[Any], None] | None = None, kind: str = "train") -> Callable[[Any], Any]:
+        if tf.distribute.has_strategy():  # data parallel: the loop runs in the strategy's scope
+            return _dp.compile_step(
+                tf.distribute.get_strategy(), fn, eager=eager, jit_compile=bool(jit_compile), kind=kind,
+                on_trace=None if on_trace is None else tf.autograph.experimental.do_not_convert(on_trace))
         if eager:
             return fn
+        if on_trace is not None:
+            fn = _calling_on_trace(fn, on_trace)
         # reduce_retracing: a ragged last batch gets one shape-generic trace
         # instead of one trace per distinct shape.
         return tf.function(fn, jit_compile=bool(jit_compile), reduce_retracing=True)
 
     def sync(self) -> None:
         return None
+
+
+def _calling_on_trace(fn: Callable[[Any], Any], on_trace: Callable[[Any], None]) -> Callable[[Any], Any]:
+    def traced(batch: Any) -> Any:
+        # This Python runs only while tf.function traces; autograph leaves
+        # the callback as plain Python.
+        tf.autograph.experimental.do_not_convert(on_trace)(batch)
+        return fn(batch)
+
+    return traced
 
 
 def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
@@ -44,18 +69,31 @@ def value_and_grad(
     del state, detect_unused  # stateful engine; the tape reports None itself
     # `v.value` is the tf.Variable, or inside a StatelessScope the mapped
     # tensor that every read of `v` returns: watching it covers both.
-    targets = [v.value for v in variables] + list(inputs)
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        for t in targets:
-            tape.watch(t)
-        out = fn(*inputs)
+    targets = [_dp.watchable(v.value) for v in variables] + list(inputs)
+    depth = getattr(_nesting, "depth", 0)
+    _nesting.depth = depth + 1
+    try:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            for t in targets:
+                tape.watch(t)
+            out = fn(*inputs)
+    finally:
+        _nesting.depth = depth
     loss = out[0] if has_aux else out
-    grads = tape.gradient(loss, targets, unconnected_gradients=tf.UnconnectedGradients.NONE)
-    return out, list(grads)
+    grads = list(tape.gradient(loss, targets, unconnected_gradients=tf.UnconnectedGradients.NONE))
+    if depth == 0:  # data parallel: the global batch's gradient
+        grads[:len(variables)] = _dp.mean_gradients(grads[:len(variables)])
+    return out, grads
 
 
 def traces(eager: bool, jit_compile: bool) -> bool:
     return not eager
+
+
+def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
+    if not tf.executing_eagerly():
+        return  # a graph being traced: no values yet
+    fn(*[t.numpy() if hasattr(t, "numpy") else t for t in tensors])
 
 
 def to_native(batch: Any) -> Any:
@@ -85,7 +123,9 @@ def set_deterministic(enabled: bool) -> None:
 
 
 def prepare_optimizer(optimizer: Any) -> None:
-    del optimizer  # Keras optimizers run inside tf.function as they are
+    # Keras optimizers run inside tf.function as they are; under a strategy
+    # they get averaged gradients from value_and_grad (no second sum).
+    _dp.prepare_optimizer(optimizer)
 
 
 def wrap_native_optimizer(native: Any, options: dict[str, Any]) -> Any:

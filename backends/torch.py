@@ -16,6 +16,9 @@ import keras
 import numpy as np
 import torch
 
+from backends import _distributed_torch as _dp
+from backends._distributed_torch import data_parallel, replicas  # noqa: F401  (protocol functions)
+
 NAME = "torch"
 
 # Depth of value_and_grad calls on this thread: a nested call must build a
@@ -27,20 +30,51 @@ class _Runner:
     def __init__(self, variables: Sequence[keras.Variable]):
         self.variables = list(variables)
 
-    def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool) -> Callable[[Any], Any]:
+    def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool,
+                on_trace: Callable[[Any], None] | None = None, kind: str = "train") -> Callable[[Any], Any]:
+        gather = kind == "predict" and _dp.active()  # each process predicted its rows
+
         def step(batch: Any) -> Any:
             with torch.no_grad():
-                return fn(batch)
+                out = fn(batch)
+                return _dp.gather_rows(out) if gather else out
 
         if eager or not jit_compile:
-            return step
-        return torch.compile(step)
+            return step  # eager: nothing is traced, so on_trace is never called
+        if on_trace is None:
+            return torch.compile(step)
+        return _counting_compiles(step, on_trace)
 
     def sync(self) -> None:
         return None
 
 
+def _counting_compiles(step: Callable[[Any], Any], on_trace: Callable[[Any], None]) -> Callable[[Any], Any]:
+    """``torch.compile(step)`` that calls ``on_trace(batch)`` after each call
+    during which dynamo compiled something. Dynamo replays Python side effects
+    at every call, so the step's own Python cannot count traces; its backend
+    (inductor, wrapped) is called once per graph it compiles. A call that
+    compiles several graphs (graph breaks) counts once."""
+    compiled_now = [False]
+
+    def backend(gm: Any, example_inputs: Any) -> Any:
+        compiled_now[0] = True
+        return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
+
+    compiled = torch.compile(step, backend=backend)
+
+    def run(batch: Any) -> Any:
+        compiled_now[0] = False
+        out = compiled(batch)
+        if compiled_now[0]:
+            on_trace(batch)
+        return out
+
+    return run
+
+
 def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
+    _dp.broadcast_state(variables)  # data parallel: every process starts from rank 0's state
     return _Runner(variables)
 
 
@@ -69,18 +103,32 @@ def value_and_grad(
     if not loss.requires_grad:
         return out, [None] * len(targets)
     nested = depth > 0
-    grads = torch.autograd.grad(
+    grads: list[Any] = list(torch.autograd.grad(
         loss,
         targets,
         allow_unused=True,
         create_graph=nested,
         retain_graph=nested,
-    )
-    return out, list(grads)
+    ))
+    if not nested:  # data parallel: the global batch's gradient (DDP's all-reduce)
+        grads[:len(variables)] = _dp.mean_gradients(grads[:len(variables)])
+    return out, grads
 
 
 def traces(eager: bool, jit_compile: bool) -> bool:
     return not eager and jit_compile
+
+
+def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
+    if torch.compiler.is_compiling():
+        return  # dynamo is tracing: no values
+    def host(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return np.asarray(t)
+        t = t.detach().cpu()
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # NumPy has no bfloat16
+
+    fn(*[host(t) for t in tensors])
 
 
 def to_native(batch: Any) -> Any:

@@ -10,20 +10,31 @@ Example:
 """
 
 from loops import optimizers
+from loops._check import CheckReport
 from loops._checkpoint import Checkpoint, CheckpointError, latest_checkpoint
+from loops._distributed import data_parallel
+from loops._nans import NonFiniteError, NonFiniteReport
 from loops._ops import clip_by_global_norm, global_norm
+from loops._retrace import RetraceWarning
 from loops._seed import set_seed
 from loops._trainer import OptimizerGroup, Trainer
+from loops._traps import FromLogitsWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckReport",
     "Checkpoint",
     "CheckpointError",
+    "FromLogitsWarning",
+    "NonFiniteError",
+    "NonFiniteReport",
     "OptimizerGroup",
+    "RetraceWarning",
     "Trainer",
     "__version__",
     "clip_by_global_norm",
+    "data_parallel",
     "global_norm",
     "latest_checkpoint",
     "optimizers",

@@ -89,7 +89,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _host_value(v: keras.Variable) -> np.ndarray:
-    arr = np.asarray(keras.ops.convert_to_numpy(v.value))
+    arr = np.asarray(keras.ops.convert_to_numpy(v))  # (a tf.distribute variable reads only so)
     if arr.dtype.kind == "V" or arr.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
         arr = arr.astype("float32")  # .npy has no such dtypes; the manifest keeps the real one
     return arr
@@ -294,6 +294,11 @@ class Checkpointer:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous = {}
+
+    def skip(self, global_step: int) -> None:
+        """Data parallel, not the chief: the chief wrote this step's checkpoint."""
+        self.saved_at = int(global_step)
+        self.due = False
 
     def write(self, variables: Callable[[], list[keras.Variable]], position: dict[str, Any],
               meta: dict[str, Any], extra: dict[str, np.ndarray] | None = None) -> str:

@@ -41,8 +41,9 @@ def check_loss_shapes(compile_loss: Any, y: Any, y_pred: Any) -> None:
         if y_t is None or y_p is None or keras.tree.is_nested(y_t) or keras.tree.is_nested(y_p):
             continue
         st, sp = _shape(y_t), _shape(y_p)
-        output = (f"model output {output_name!r}" if output_name
-                  else f"model output {'.'.join(map(str, path))!r}" if path else "the model output")
+        # (one output: Keras names the entry after the loss, not the output)
+        output = ("the model output" if not path else f"model output {output_name!r}" if output_name
+                  else f"model output {'.'.join(map(str, path))!r}")
         if _is_sparse(loss_fn):
             ok = st == sp[:-1] or st == sp[:-1] + (1,)
             fix = (f"sparse losses take integer class ids of shape {sp[:-1]}; for one-hot labels "

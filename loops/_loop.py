@@ -14,7 +14,7 @@ from typing import Any, Callable, Generator
 import keras
 import numpy as np
 
-from loops import _padding
+from loops import _distributed, _padding
 from loops._checkpoint import Checkpointer
 from loops._data import ArraySource, DataSource, check_input_names, make_source
 from loops._prefetch import Inline, Prefetcher
@@ -119,6 +119,7 @@ class LoopMixin:
                        add_history: bool) -> keras.callbacks.CallbackList:
         if isinstance(callbacks, keras.callbacks.CallbackList):
             return callbacks
+        callbacks, verbose = _distributed.current(self).callbacks(callbacks, verbose)  # the chief prints
         return keras.callbacks.CallbackList(
             callbacks, add_history=add_history, add_progbar=verbose != 0, model=self,
             verbose=verbose, epochs=epochs, steps=steps)
@@ -166,7 +167,7 @@ class LoopMixin:
                     plan: _Plan = _unchanged) -> Generator[tuple[int, int, Any, Any], None, None]:
         """(first step, last step, native batch or tuple of k batches, real rows
         of the last batch or None). Batches are prepared one ahead on a thread."""
-        to_native = self._engine.to_native
+        to_native = _distributed.current(self).converter(source, padded=plan is not _unchanged)
 
         def prepare(batch: Any) -> tuple[Any, Any]:
             host, real = plan(batch)
@@ -222,22 +223,29 @@ class LoopMixin:
         """Metric results if the step returned exactly the metrics (the usual
         case), else the last step's logs (custom steps), as Keras does."""
         self._sync()
-        metric_logs = self.get_metrics_result()
-        if isinstance(last_logs, dict) and set(last_logs) == set(metric_logs):
-            return _host_logs(metric_logs)
-        return _host_logs(last_logs)
+        replicas = _distributed.current(self)
+        with replicas.global_metric_state(self):  # data parallel: over every replica's data
+            metric_logs = self.get_metrics_result()
+            if isinstance(last_logs, dict) and set(last_logs) == set(metric_logs):
+                return _host_logs(metric_logs)
+        return _host_logs(replicas.mean(last_logs))
 
+    @_distributed.in_replica_scope
     def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
             verbose: Any = "auto", callbacks: Any = None, validation_split: float = 0.0,
             validation_data: Any = None, shuffle: bool = True, class_weight: dict[int, float] | None = None,
             sample_weight: Any = None, initial_epoch: int = 0, steps_per_epoch: int | None = None,
             validation_steps: int | None = None, validation_batch_size: int | None = None,
             validation_freq: Any = 1, check_inputs: bool = False, checkpoint_dir: Any = None,
-            checkpoint_every: Any = "epoch", keep: int | None = 3, resume: bool = True) -> keras.callbacks.History:
+            checkpoint_every: Any = "epoch", keep: int | None = 3, resume: bool = True,
+            check: bool = False) -> keras.callbacks.History:
         """Trains for ``epochs`` epochs; arguments as ``keras.Model.fit``.
 
         ``check_inputs=True`` checks every float input for NaN and Inf (arrays
         before training starts, streamed batches as they arrive).
+
+        ``check=True`` runs ``trainer.check`` on the first batch first (the
+        table is printed unless ``verbose=0``); errors it finds stop ``fit``.
 
         ``checkpoint_dir`` turns on training checkpoints (see
         ``loops/_checkpoint.py``): every ``checkpoint_every`` steps (or
@@ -275,7 +283,8 @@ class LoopMixin:
             self._sync()
             x = self.epoch_data(initial_epoch)  # the first epoch's batches also build the step
         train = make_source(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
-                            class_weight=class_weight, seed=self.seed, check_inputs=check_inputs)
+                            class_weight=class_weight, seed=_distributed.current(self).data_seed(self.seed),
+                            check_inputs=check_inputs)
         _require_steps(train, steps_per_epoch, "steps_per_epoch")
         val: DataSource | None = None
         if validation_split:
@@ -300,6 +309,10 @@ class LoopMixin:
         # Build and check everything before the first callback fires, so bad
         # input fails here and not after an epoch of work.
         train_plan = self._plan("train", train)
+        if check:
+            from loops._debug import preflight
+
+            preflight(self, self._sample(train_plan, train), verbose)
         train_fn = self._step_fn("train", self._sample(train_plan, train))
         val_plan: _Plan = _unchanged
         if val is not None:
@@ -411,6 +424,7 @@ class LoopMixin:
         cbs.on_test_end(host)
         return host
 
+    @_distributed.in_replica_scope
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None, verbose: Any = "auto",
                  sample_weight: Any = None, steps: int | None = None, callbacks: Any = None,
                  return_dict: bool = False, check_inputs: bool = False) -> Any:
@@ -435,6 +449,7 @@ class LoopMixin:
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
+    @_distributed.in_replica_scope
     def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto", steps: int | None = None,
                 callbacks: Any = None) -> Any:
         """Model outputs for ``x`` as NumPy arrays (same structure as the outputs)."""

@@ -15,6 +15,12 @@ rows. The default steps then compute exactly what the unpadded batch gives:
 
 Only the default steps get ``Masked`` batches; a custom step sees the batches
 as the data gives them.
+
+Under data parallelism a step may see one replica's shard of the padded batch
+(tensorflow, torch): a shard can hold only padding. The batch then carries the
+global batch's counts (``MaskedShard.totals``), and the weights above use them,
+so that the replicas' averaged gradients, and the summed loss trackers, equal
+those of the whole batch.
 """
 
 from __future__ import annotations
@@ -32,6 +38,23 @@ class Masked(NamedTuple):
 
     data: Any
     mask: Any
+
+
+class MaskedShard(NamedTuple):
+    """A ``Masked`` batch whose step may see only some of its rows:
+    ``totals`` holds, on every row, (real rows, rows) of the whole batch."""
+
+    data: Any
+    mask: Any
+    totals: Any
+
+
+def with_totals(batch: Masked) -> MaskedShard:
+    """Host side: the whole batch's counts, on every row (rows may be split)."""
+    mask = np.asarray(batch.mask)
+    totals = np.empty((len(mask), 2), keras.backend.floatx())
+    totals[:, 0], totals[:, 1] = mask.sum(), len(mask)
+    return MaskedShard(batch.data, batch.mask, totals)
 
 
 def rows(tree: Any) -> int:
@@ -67,15 +90,21 @@ def mask_batch(batch: Any, size: int) -> Masked:
 class Pad:
     """Step side: what the default steps do differently with a ``Masked`` batch."""
 
-    def __init__(self, mask: Any):
+    def __init__(self, mask: Any, totals: Any = None):
         self.mask = mask
-        self.count = keras.ops.sum(mask)  # real samples in the batch
+        self.count = keras.ops.sum(mask)  # real samples in the batch (the loss trackers' weight)
+        self.size = keras.ops.cast(keras.ops.shape(mask)[0], self.count.dtype)
+        self.total = self.count  # real samples in the whole batch
+        if totals is not None:  # a shard: the whole batch's counts, and this shard's share of its samples
+            self.total = totals[0, 0]
+            whole = totals[0, 1]
+            self.count = self.total * self.size / whole
+            self.size = whole
 
     def loss_weight(self, sample_weight: Any) -> Any:
         """Weights scaled by ``size / count``: a mean over the batch becomes
         the mean over its real rows (Keras scales masked losses the same way)."""
-        size = keras.ops.cast(keras.ops.shape(self.mask)[0], self.count.dtype)
-        scale = size / keras.ops.maximum(self.count, 1.0)
+        scale = self.size / keras.ops.maximum(self.total, 1.0)
         return keras.tree.map_structure(lambda w: w * keras.ops.cast(scale, w.dtype), sample_weight)
 
     @contextlib.contextmanager
@@ -87,8 +116,7 @@ class Pad:
         # copies: torch assigns in place, so a bare `.value` would follow the update
         before = [(keras.ops.copy(m.total.value), keras.ops.copy(m.count.value)) for m in trackers]
         yield
-        size = keras.ops.cast(keras.ops.shape(self.mask)[0], self.count.dtype)
-        frac = self.count / size
+        frac = self.total / self.size
         for m, (total, count) in zip(trackers, before):
             m.total.assign(total + (m.total.value - total) * keras.ops.cast(frac, m.total.dtype))
             m.count.assign(count + (m.count.value - count) * keras.ops.cast(frac, m.count.dtype))
@@ -108,6 +136,8 @@ def unwrap(batch: Any) -> tuple[Any, Pad | None]:
     """``(batch, None)``, or for a ``Masked`` batch ``((x, y, sw), Pad)``."""
     if isinstance(batch, Masked):
         return batch.data, Pad(batch.mask)
+    if isinstance(batch, MaskedShard):
+        return batch.data, Pad(batch.mask, batch.totals)
     return batch, None
 
 
@@ -124,4 +154,5 @@ def real_samples_only(pad: Pad | None, compile_loss: Any) -> Iterator[None]:
             yield
 
 
-__all__ = ["Masked", "Pad", "loss_weight", "mask_batch", "pad_rows", "real_samples_only", "rows", "unwrap"]
+__all__ = ["Masked", "MaskedShard", "Pad", "loss_weight", "mask_batch", "pad_rows", "real_samples_only", "rows",
+           "unwrap", "with_totals"]

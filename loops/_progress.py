@@ -4,13 +4,14 @@ read back to resume exactly."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
 import keras
 import numpy as np
 
-from loops import _checkpoint
+from loops import _checkpoint, _distributed
 from loops._checkpoint import CheckpointError, Checkpointer
 from loops._data import ArraySource, DataSource
 
@@ -66,6 +67,7 @@ class _Progress:
                 "or resume=False (or a new checkpoint_dir) to start afresh.")
         self.trainer._sync()
         _checkpoint.restore(self.trainer.variables, info, arrays)
+        _distributed.current(self.trainer).localize_metric_state(self.trainer)  # saved as the replicas' aggregate
         _checkpoint.restore_rng(self.trainer._engine, extra, info.manifest.get("rng", {}))
         pos = info.manifest["position"]
         self.epoch, self.step = int(pos["epoch"]), int(pos["step"])
@@ -118,8 +120,11 @@ class _Progress:
             self.ckpt.stepped(before, self.global_step)
 
     def check_signal(self) -> None:
-        if self.ckpt is not None and self.ckpt.signalled is not None:
-            signum = self.ckpt.signalled
+        if self.ckpt is None:
+            return
+        # Data parallel over processes: all stop at the same step if any was signalled.
+        signum = _distributed.current(self.trainer).signal(self.ckpt.signalled)
+        if signum is not None:
             self.save()
             raise SystemExit(128 + signum)  # the conventional status of a run killed by signum
 
@@ -138,16 +143,29 @@ class _Progress:
         if self.ckpt is None or self.ckpt.saved_at == self.global_step:
             return
         try:
-            self.save()
+            # (one process may fail alone: no collective, the chief's own metric state)
+            self.save(collective=_distributed.current(self.trainer).process_count == 1)
         except Exception as e:  # the state itself may be what failed; say so, keep the original error
             warnings.warn(f"Could not write a checkpoint after the error: {e!r}", stacklevel=2)
 
     # ---------------------------------------------------------------- write
 
-    def save(self) -> str:
+    def save(self, collective: bool = True) -> str | None:
+        """Writes a checkpoint (data parallel: the chief writes it, with the
+        replicas' aggregate metric state; every process must call this)."""
         assert self.ckpt is not None
         trainer = self.trainer
         trainer._sync()  # device-held state (jax) into the variables
+        replicas = _distributed.current(trainer)
+        with replicas.global_metric_state(trainer) if collective else contextlib.nullcontext():
+            if not replicas.is_chief:
+                self.ckpt.skip(self.global_step)
+                return None
+            return self._write()
+
+    def _write(self) -> str:
+        assert self.ckpt is not None
+        trainer = self.trainer
         history = self._history_callback()
         position = {"epoch": self.epoch, "step": self.step, "global_step": self.global_step,
                     "consumed": self.consumed, "data_seed": self._data_seed, "finished": self.finished}

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import keras
 
 import backends
-from loops import _checks, _padding
+from loops import _checks, _debug, _distributed, _hooks, _nans, _padding, _traps
 from loops import optimizers as _optimizers
 from loops._keras_private import CompileLoss, CompileMetrics, pending_variables
 from loops._loop import LoopMixin
@@ -115,7 +115,7 @@ class OptimizerGroup:
         return f"OptimizerGroup({self.name})"
 
 
-class Trainer(WeightsMixin, LoopMixin):
+class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
     """A training loop written once, run by the engine ``KERAS_BACKEND`` names.
 
     Args:
@@ -142,6 +142,15 @@ class Trainer(WeightsMixin, LoopMixin):
             default ``train_step`` runs, as ``keras.Model.compile`` does. A
             custom step wraps its optimizers itself and scales its loss with
             ``optimizer.scale_loss(loss)``.
+        grad_diagnostics: ``True``, or a list of ``"global_norm"``,
+            ``"layer_norms"``, ``"update_ratio"``: logged as metrics
+            (``grad_norm``, ``grad_norm/<layer>``, ``update_ratio``...; see
+            ``loops/_gradstats.py``). A custom step logs them with
+            ``self.log_gradient_stats(grads, variables)``.
+        debug_nans: stop at the first non-finite loss or gradient and raise
+            ``loops.NonFiniteError`` naming the layer (forward) or variable
+            (backward) where it first appears; costs a state copy and a host
+            sync per step (see ``loops/_nans.py``).
 
     ``optimizer`` may also be an engine's own: an ``optax.GradientTransformation``
     (jax) or a ``torch.optim.Optimizer`` class (torch); see ``loops.optimizers``.
@@ -172,6 +181,8 @@ class Trainer(WeightsMixin, LoopMixin):
         clipvalue: float | None = None,
         global_clipnorm: float | None = None,
         auto_scale_loss: bool = True,
+        grad_diagnostics: Any = False,
+        debug_nans: bool = False,
     ):
         if model is not None and not isinstance(model, keras.Layer):
             raise TypeError(
@@ -186,6 +197,7 @@ class Trainer(WeightsMixin, LoopMixin):
         if not isinstance(auto_scale_loss, bool):
             raise TypeError(f"auto_scale_loss must be True or False, got {auto_scale_loss!r}.")
         self.model = model
+        _debug.setup(self, grad_diagnostics, debug_nans)
         self._optimizer_options = _optimizers.check_options(
             gradient_accumulation_steps=gradient_accumulation_steps, clipnorm=clipnorm, clipvalue=clipvalue,
             global_clipnorm=global_clipnorm)
@@ -198,7 +210,8 @@ class Trainer(WeightsMixin, LoopMixin):
                 opt = keras.optimizers.LossScaleOptimizer(opt)  # float16 gradients underflow unscaled
         self.optimizer = opt
         # With clipping on, the default step logs the pre-clip gradient norm.
-        self._grad_norm_tracker = keras.metrics.Mean(name="grad_norm") if _optimizers.clips(opt) else None
+        self._grad_norm_tracker = (keras.metrics.Mean(name="grad_norm")  # (grad_diagnostics logs its own)
+                                   if _optimizers.clips(opt) and "global_norm" not in self._grad_diagnostics else None)
         output_names = getattr(model, "output_names", None)
         for leaf in keras.tree.flatten(loss) if loss is not None else []:
             if isinstance(leaf, str):
@@ -370,6 +383,7 @@ class Trainer(WeightsMixin, LoopMixin):
         out, grads = self._engine.value_and_grad(
             checked, variables, inputs=input_list, has_aux=has_aux, state=state,
             detect_unused=self._in_first_step)
+        _hooks.on_gradients(self, variables, out[0] if has_aux else out, grads)  # check(), debug_nans
         _checks.check_no_gradient(variables, grads[:len(variables)])
         _checks.check_no_input_gradient(grads[len(variables):])
         return out, grads
@@ -398,7 +412,10 @@ class Trainer(WeightsMixin, LoopMixin):
                 if not self._compile_loss.built:
                     self._compile_loss.build(y, y_pred)
                 _checks.check_loss_shapes(self._compile_loss, y, y_pred)
+                _traps.check_values(self, self._compile_loss, y, y_pred)  # label range, from_logits
             loss = self._compile_loss(y, y_pred, sample_weight)
+            if self._in_first_step:
+                _traps.record_loss(self, loss)
             if loss is not None:
                 losses.append(loss)
         for model in self.models:
@@ -457,7 +474,8 @@ class Trainer(WeightsMixin, LoopMixin):
             (_, (loss, y_pred)), grads = self.value_and_grad(loss_fn, variables, has_aux=True)
         if self._grad_norm_tracker is not None:  # clipping is on: log the norm before it
             _optimizers.track_grad_norm(self._grad_norm_tracker, grads, optimizer)
-        optimizer.apply(grads, variables)
+        with _debug.gradient_stats(self, grads, variables, optimizer):  # grad_diagnostics
+            optimizer.apply(grads, variables)
         self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x) if pad is None else pad.count)
         if pad is not None:
             return pad.metrics(self, y, y_pred, sample_weight)
@@ -474,6 +492,8 @@ class Trainer(WeightsMixin, LoopMixin):
             else self.compute_metrics(x, y, y_pred, sample_weight)
         if self._grad_norm_tracker is not None:
             logs.pop(self._grad_norm_tracker.name, None)  # a training quantity: no val_grad_norm
+        for name in _debug.training_only_logs(self):
+            logs.pop(name, None)
         return logs
 
     def predict_step(self, batch: Any) -> Any:
@@ -504,6 +524,7 @@ class Trainer(WeightsMixin, LoopMixin):
         variables without a gradient, and variables the step assigns that the
         trainer cannot see (under jax.jit their updates would be lost).
         """
+        _debug.prepare(self)  # grad_diagnostics' metric, before the state is collected
         self._state = discover_variables(self)
         # The Trainer's optimizer options on every optimizer it holds (custom
         # steps' too), and the engine's adaptations, before anything builds.
@@ -550,7 +571,8 @@ class Trainer(WeightsMixin, LoopMixin):
         def step(batch: Any) -> Any:
             # A step may return a keras.Variable (a metric's result()); return its value.
             return keras.tree.map_structure(
-                lambda t: t.value if isinstance(t, keras.Variable) else t, user_step(batch))
+                lambda t: t.value if isinstance(t, keras.Variable) else t,
+                _debug.with_gradient_stats(self, kind, user_step(batch)))
 
         jit = self._engine.resolve_jit_compile(self.jit_compile)
         if kind not in self._step_fns or self._runner_key != self._key(jit):
@@ -573,10 +595,14 @@ class Trainer(WeightsMixin, LoopMixin):
             eager = bool(self.run_eagerly)
             if self._engine.traces(eager, jit):
                 body = _warn_on_print(body, kind)  # its Python runs only while tracing
-            self._step_fns[kind] = self._runner.compile(body, eager=eager, jit_compile=jit)
+            many = k > 1 and kind != "predict"
+            compiled = self._runner.compile(body, eager=eager, jit_compile=jit, kind=kind,
+                                            on_trace=_debug.trace_counter(self, kind, many))
+            self._step_fns[kind] = _nans.guard(self, kind, compiled, step, many)  # debug_nans
         return self._step_fns[kind]
 
     def _key(self, jit: bool) -> tuple[Any, ...]:
         self._state = discover_variables(self)
         self._metrics_cache = None  # attributes or built metrics may have changed
-        return (tuple(id(v) for v in self._state), bool(self.run_eagerly), jit, self.steps_per_execution)
+        return (tuple(id(v) for v in self._state), bool(self.run_eagerly), jit, self.steps_per_execution,
+                _distributed.current(self).key)  # data parallel or not: steps compile differently

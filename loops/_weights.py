@@ -10,6 +10,8 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
+from loops import _distributed
+
 
 class WeightsMixin:
     """Mixed into ``Trainer``, which provides ``models`` and ``_sync``."""
@@ -20,6 +22,10 @@ class WeightsMixin:
 
     def _sync(self) -> None:
         raise NotImplementedError
+
+    def _writes_files(self) -> bool:
+        """Data parallel over processes: only the chief (process 0) writes."""
+        return _distributed.current(self).is_chief
 
     def _models_or_raise(self, what: str) -> list[keras.Layer]:
         models = self.models
@@ -64,6 +70,8 @@ class WeightsMixin:
         if not overwrite and os.path.exists(path):
             raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it.")
         self._sync()
+        if not self._writes_files():
+            return
         target = self._bundle()
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=directory)
@@ -91,6 +99,8 @@ class WeightsMixin:
         path = os.fspath(filepath)
         if not overwrite and os.path.exists(path):
             raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it.")
+        if not self._writes_files():
+            return
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1] or ".keras", dir=directory)
         os.close(fd)

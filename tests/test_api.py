@@ -11,7 +11,9 @@ import loops
 def test_all_is_the_public_api():
     assert sorted(loops.__all__) == sorted(["Trainer", "clip_by_global_norm", "global_norm", "__version__",
                                             "optimizers", "set_seed", "Checkpoint", "CheckpointError",
-                                            "OptimizerGroup", "latest_checkpoint"])
+                                            "OptimizerGroup", "latest_checkpoint", "CheckReport",
+                                            "FromLogitsWarning", "NonFiniteError", "NonFiniteReport",
+                                            "RetraceWarning", "data_parallel"])
     for name in loops.__all__:
         assert hasattr(loops, name)
 
