@@ -205,6 +205,25 @@ def wrap_native_optimizer(native: Any, options: dict[str, Any]) -> Any:
     return None
 
 
+def loop_steps(step: Callable[[Any], Any], variables: Sequence[keras.Variable]) -> Callable[[Any], Any]:
+    variables = list(variables)
+
+    def run(stacked: Any) -> Any:
+        # Runs inside the compiled step's StatelessScope: the carry starts from
+        # (and ends in) the values that scope maps the variables to.
+        def body(values: list[Any], batch: Any) -> tuple[list[Any], Any]:
+            with keras.StatelessScope(state_mapping=list(zip(variables, values)), collect_losses=True) as scope:
+                logs = step(batch)
+            return [scope.get_current_value(v) for v in variables], logs
+
+        values, logs = jax.lax.scan(body, [v.value for v in variables], stacked)
+        for v, value in zip(variables, values):
+            v.assign(value)
+        return jax.tree_util.tree_map(lambda t: t[-1], logs)
+
+    return run
+
+
 def rng_state() -> dict[str, Any]:
     return {}  # Keras on jax draws only from SeedGenerator variables (saved with the state)
 
