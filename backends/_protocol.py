@@ -173,6 +173,13 @@ class Backend(Protocol):
         """``"auto"`` to a bool, as Keras resolves it for this engine."""
         ...
 
+    def loop_steps(self, step: Callable[[Tree], Tree], variables: Sequence[Any]) -> Callable[[Tree], Tree]:
+        """``steps_per_execution``: a body that runs ``step`` over batches
+        stacked on a leading axis (one per step) inside one compiled call and
+        returns the last step's outputs. jax: ``lax.scan`` with every variable
+        in the carry; tensorflow: ``tf.while_loop``; torch: a Python loop."""
+        ...
+
     def rng_state(self) -> dict[str, Any]:
         """The engine's global random state that Keras code may draw from
         outside any ``SeedGenerator`` (torch's unseeded dropout), as NumPy

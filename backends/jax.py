@@ -26,6 +26,7 @@ class _Runner:
         # Current values while compiled steps run; None means "the variables
         # hold the truth" (after a sync, or before the first step).
         self._values: list[Any] | None = None
+        self._held: list[Any] = []  # the arrays the variables held when the values were read
 
     def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool,
                 on_trace: Callable[[Any], None] | None = None, kind: str = "train") -> Callable[[Any], Any]:
@@ -60,9 +61,18 @@ class _Runner:
 
         def step(batch: Any) -> Any:
             if self._values is None:
+                self._held = [v._value for v in variables]
                 self._values = _distinct([v.value for v in variables])
                 if distribution is not None:  # e.g. an optimizer built outside the distribution
                     self._values = _dp.place(distribution, variables, self._values)
+            else:
+                # A variable assigned since the last step (a callback holding a
+                # layer, without reading `self.model`, which would sync) now holds
+                # a new array: the next step starts from it, as on other engines.
+                held = self._held
+                for i, v in enumerate(variables):
+                    if v._value is not held[i]:
+                        self._values[i] = held[i] = v._value
             out, self._values = jitted(self._values, batch)
             return out
 
@@ -242,6 +252,25 @@ def wrap_native_optimizer(native: Any, options: dict[str, Any]) -> Any:
     if _optax.is_transformation(native):
         return _optax.OptaxOptimizer(native, **options)
     return None
+
+
+def loop_steps(step: Callable[[Any], Any], variables: Sequence[keras.Variable]) -> Callable[[Any], Any]:
+    variables = list(variables)
+
+    def run(stacked: Any) -> Any:
+        # Runs inside the compiled step's StatelessScope: the carry starts from
+        # (and ends in) the values that scope maps the variables to.
+        def body(values: list[Any], batch: Any) -> tuple[list[Any], Any]:
+            with keras.StatelessScope(state_mapping=list(zip(variables, values)), collect_losses=True) as scope:
+                logs = step(batch)
+            return [scope.get_current_value(v) for v in variables], logs
+
+        values, logs = jax.lax.scan(body, [v.value for v in variables], stacked)
+        for v, value in zip(variables, values):
+            v.assign(value)
+        return jax.tree_util.tree_map(lambda t: t[-1], logs)
+
+    return run
 
 
 def rng_state() -> dict[str, Any]:

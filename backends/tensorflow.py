@@ -133,6 +133,19 @@ def wrap_native_optimizer(native: Any, options: dict[str, Any]) -> Any:
     return None
 
 
+def loop_steps(step: Callable[[Any], Any], variables: Sequence[keras.Variable]) -> Callable[[Any], Any]:
+    del variables  # tf.Variables are updated in place inside the loop
+
+    def run(stacked: Any) -> Any:
+        n = tf.shape(next(t for t in tf.nest.flatten(stacked) if t is not None))[0]
+        pick = lambda i: keras.tree.map_structure(lambda t: None if t is None else t[i], stacked)  # noqa: E731
+        logs = step(pick(0))  # the first step outside: it fixes the loop's output structure
+        _, logs = tf.while_loop(lambda i, _: i < n, lambda i, _: (i + 1, step(pick(i))), (tf.constant(1), logs))
+        return logs
+
+    return run
+
+
 def rng_state() -> dict[str, Any]:
     return {}  # Keras's tensorflow ops draw from SeedGenerator variables (saved with the state)
 

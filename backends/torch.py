@@ -179,6 +179,22 @@ def wrap_native_optimizer(native: Any, options: dict[str, Any]) -> Any:
     return None
 
 
+def loop_steps(step: Callable[[Any], Any], variables: Sequence[keras.Variable]) -> Callable[[Any], Any]:
+    # No graph capture on torch: the k steps run as a Python loop inside one
+    # call (one transfer of the stacked batches; torch.compile, with
+    # jit_compile=True, compiles the loop body).
+    del variables
+
+    def run(stacked: Any) -> Any:
+        first = next(t for t in keras.tree.flatten(stacked) if t is not None)
+        logs = None
+        for i in range(int(first.shape[0])):
+            logs = step(keras.tree.map_structure(lambda t, i=i: None if t is None else t[i], stacked))
+        return logs
+
+    return run
+
+
 def rng_state() -> dict[str, Any]:
     # An unseeded keras Dropout/noise layer on torch calls torch's own
     # functional ops, which draw from torch's global generators.

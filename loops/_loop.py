@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, Iterator
 
 import keras
 import numpy as np
@@ -69,6 +69,30 @@ def _uses_batch_hooks(cbs: keras.callbacks.CallbackList, kind: str) -> bool:
     base = keras.callbacks.Callback
     return any(getattr(getattr(cb, name), "__func__", getattr(cb, name)) is not getattr(base, name)
                for cb in cbs.callbacks for name in names)
+
+
+def _stack(hosts: list[Any]) -> Any:
+    return keras.tree.map_structure(lambda *xs: None if xs[0] is None else np.stack(xs), *hosts)
+
+
+def _shapes(batch: Any) -> list[Any]:
+    return [None if a is None else np.shape(a) for a in keras.tree.flatten(batch)]
+
+
+def _same_shape_groups(batches: Iterator[Any], k: int) -> Iterator[list[Any]]:
+    """Up to ``k`` consecutive batches per group, all of one shape (a ragged
+    batch a custom step sees unpadded starts a group of its own)."""
+    group: list[Any] = []
+    for batch in batches:
+        if group and _shapes(batch) != _shapes(group[0]):
+            yield group
+            group = []
+        group.append(batch)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _should_eval(epoch: int, validation_freq: Any) -> bool:
@@ -165,25 +189,37 @@ class LoopMixin:
 
     def _executions(self, source: DataSource, steps: int | None, k: int,
                     plan: _Plan = _unchanged) -> Generator[tuple[int, int, Any, Any], None, None]:
-        """(first step, last step, native batch or tuple of k batches, real rows
-        of the last batch or None). Batches are prepared one ahead on a thread."""
-        to_native = _distributed.current(self).converter(source, padded=plan is not _unchanged)
+        """(first step, last step, native batch, real rows of the last batch
+        or None). With ``k > 1`` the batch is up to k host batches stacked on a
+        new leading axis (one transfer, one compiled call). Batches are
+        prepared one ahead on a thread."""
+        replicas = _distributed.current(self)
+        if k > 1 and replicas.native is not None:
+            raise ValueError(
+                f"steps_per_execution={k} is not supported with data-parallel training yet: pass "
+                "Trainer(..., steps_per_execution=1).")
+        to_native = replicas.converter(source, padded=plan is not _unchanged)
 
         def prepare(batch: Any) -> tuple[Any, Any]:
             host, real = plan(batch)
             return to_native(host), real
 
-        it = source.batches(steps)
-        fetch = Prefetcher(it, prepare) if self.prefetch_batches else Inline(it, prepare)
+        def prepare_group(hosts: list[Any]) -> tuple[Any, Any, int]:
+            return to_native(_stack(hosts)), None, len(hosts)
+
+        if k == 1:
+            it: Iterator[Any] = source.batches(steps)
+            fn: Callable[[Any], Any] = prepare
+        else:  # (all of this runs on the prefetch thread)
+            it = _same_shape_groups((plan(b)[0] for b in source.batches(steps)), k)
+            fn = prepare_group
+        fetch = Prefetcher(it, fn) if self.prefetch_batches else Inline(it, fn)
         try:
             step = 0
-            while True:
-                group = list(itertools.islice(fetch, k))
-                if not group:
-                    return
-                native = [g[0] for g in group]
-                yield step, step + len(group) - 1, (tuple(native) if k > 1 else native[0]), group[-1][1]
-                step += len(group)
+            for item in fetch:
+                n = item[2] if k > 1 else 1
+                yield step, step + n - 1, item[0], item[1]
+                step += n
         finally:
             fetch.close()
 

@@ -39,6 +39,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
+from loops import _padding
 from loops._hooks import Recorder
 
 
@@ -195,7 +196,7 @@ class _Guard:
         out = self.compiled(batch)
         t._sync()
         first = t.__dict__.get("_nan_steps", 0)
-        batches = tuple(batch) if self.executes_many else (batch,)
+        batches = _padding.unstack(batch) if self.executes_many else (batch,)
         t._nan_steps = first + len(batches)
         if self._flag():
             self._replay(batches, saved, first)

@@ -62,6 +62,12 @@ def rows(tree: Any) -> int:
     return int(next(np.shape(leaf)[0] for leaf in keras.tree.flatten(tree) if leaf is not None))
 
 
+def unstack(stacked: Any) -> tuple[Any, ...]:
+    """Batches stacked on a leading axis (``steps_per_execution``), one by one."""
+    return tuple(keras.tree.map_structure(lambda t, i=i: None if t is None else t[i], stacked)
+                 for i in range(rows(stacked)))
+
+
 def pad_rows(tree: Any, size: int) -> Any:
     """Pads every leaf to ``size`` rows by repeating its rows from the start."""
     n = rows(tree)

@@ -82,6 +82,16 @@ def _warn_on_print(body: Callable[[Any], Any], kind: str) -> Callable[[Any], Any
     return traced
 
 
+def _eager_loop(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def run(stacked: Any) -> Any:
+        logs = None
+        for batch in _padding.unstack(stacked):
+            logs = step(batch)
+        return logs
+
+    return run
+
+
 class OptimizerGroup:
     """What ``trainer.optimizer`` is (and so what callbacks see as
     ``self.model.optimizer``) when a Trainer subclass holds several optimizers
@@ -583,21 +593,18 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
                 self._runner = self._engine.make_runner(self._state)
                 self._runner_key = key
                 self._step_fns = {}
-            k = self.steps_per_execution
-
-            def execution(batches: tuple[Any, ...]) -> Any:
-                logs = None
-                for b in batches:  # k steps fused into one compiled call
-                    logs = step(b)
-                return logs
-
-            body: Callable[[Any], Any] = execution if k > 1 and kind != "predict" else step
             eager = bool(self.run_eagerly)
+            body: Callable[[Any], Any] = step
+            if self.steps_per_execution > 1 and kind != "predict":
+                # k steps over batches stacked on a leading axis, in one call:
+                # lax.scan (jax), tf.while_loop (tensorflow), a Python loop (torch, eager).
+                body = _eager_loop(step) if eager else self._engine.loop_steps(step, self._state)
             if self._engine.traces(eager, jit):
                 body = _warn_on_print(body, kind)  # its Python runs only while tracing
-            many = k > 1 and kind != "predict"
+            many = self.steps_per_execution > 1 and kind != "predict"
+            # (the trace counter describes a stacked execution's shapes as they are)
             compiled = self._runner.compile(body, eager=eager, jit_compile=jit, kind=kind,
-                                            on_trace=_debug.trace_counter(self, kind, many))
+                                            on_trace=_debug.trace_counter(self, kind, False))
             self._step_fns[kind] = _nans.guard(self, kind, compiled, step, many)  # debug_nans
         return self._step_fns[kind]
 

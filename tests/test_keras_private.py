@@ -59,3 +59,21 @@ def test_pydataset_adapter_and_metric_internals_used_for_data():
     _keras_private.update_metrics_masked(cm, np.array([[0.0], [0.0]], "float32"),
                                          np.array([[1.0], [9.0]], "float32"), mask, mask)
     assert {k: float(v) for k, v in cm.result().items()} == {"mae": 1.0, "mse": 1.0}
+
+
+def test_private_hooks_the_backends_rely_on_still_exist():
+    """backends/_distributed_tf.py wraps Keras's per-replica loss scaling and
+    runs three optimizer internals per replica; backends/jax.py reads
+    ``Variable._value`` to see a callback's assignment between steps."""
+    import keras
+    from keras.src.losses import loss as loss_module
+
+    assert callable(loss_module.scale_loss_for_distribution)
+    assert callable(loss_module.unscale_loss_for_distribution)
+    base = next(c for c in type(keras.optimizers.SGD()).__mro__ if c.__name__ == "BaseOptimizer")
+    for name in ("_backend_update_step", "_backend_increment_gradient_accumulators", "_apply_weight_decay"):
+        assert callable(getattr(base, name, None)), name
+    v = keras.Variable(initializer="zeros", shape=(2,))
+    before = v._value
+    v.assign([1.0, 2.0])
+    assert v._value is not before or keras.backend.backend() != "jax"  # a new array on jax
