@@ -180,6 +180,11 @@ class Backend(Protocol):
         in the carry; tensorflow: ``tf.while_loop``; torch: a Python loop."""
         ...
 
+    def prefetch_default(self) -> int:
+        """Batches the loop prepares ahead on a background thread unless the
+        user sets ``trainer.prefetch_batches`` (0: none)."""
+        ...
+
     def rng_state(self) -> dict[str, Any]:
         """The engine's global random state that Keras code may draw from
         outside any ``SeedGenerator`` (torch's unseeded dropout), as NumPy

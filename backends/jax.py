@@ -273,6 +273,13 @@ def loop_steps(step: Callable[[Any], Any], variables: Sequence[keras.Variable]) 
     return run
 
 
+def prefetch_default() -> int:
+    # On CPU the prefetch thread's device_put is a host copy that competes
+    # with XLA's own threads (measured: ~5% slower per MLP step on 2 cores);
+    # on an accelerator it overlaps the transfer with the running step.
+    return 0 if all(d.platform == "cpu" for d in jax.local_devices()) else 1
+
+
 def rng_state() -> dict[str, Any]:
     return {}  # Keras on jax draws only from SeedGenerator variables (saved with the state)
 

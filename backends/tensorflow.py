@@ -146,6 +146,10 @@ def loop_steps(step: Callable[[Any], Any], variables: Sequence[keras.Variable]) 
     return run
 
 
+def prefetch_default() -> int:
+    return 1  # tensor conversion overlaps the running step (~9% per MLP step on CPU)
+
+
 def rng_state() -> dict[str, Any]:
     return {}  # Keras's tensorflow ops draw from SeedGenerator variables (saved with the state)
 

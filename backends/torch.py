@@ -195,6 +195,10 @@ def loop_steps(step: Callable[[Any], Any], variables: Sequence[keras.Variable]) 
     return run
 
 
+def prefetch_default() -> int:
+    return 1
+
+
 def rng_state() -> dict[str, Any]:
     # An unseeded keras Dropout/noise layer on torch calls torch's own
     # functional ops, which draw from torch's global generators.

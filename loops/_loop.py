@@ -122,7 +122,9 @@ class LoopMixin:
     #: computed over the batch's rows).
     pad_ragged_batches: bool = True
     #: Batches prepared (and sent to the device) ahead on a background thread; 0 turns it off.
-    prefetch_batches: int = 1
+    #: ``None``: the engine decides (``backends.*.prefetch_default``: on where
+    #: it overlaps host work with the device; jax on CPU runs faster without).
+    prefetch_batches: int | None = None
 
     def _step_fn(self, kind: str, sample: Any) -> Callable[[Any], Any]:
         raise NotImplementedError
@@ -213,7 +215,10 @@ class LoopMixin:
         else:  # (all of this runs on the prefetch thread)
             it = _same_shape_groups((plan(b)[0] for b in source.batches(steps)), k)
             fn = prepare_group
-        fetch = Prefetcher(it, fn) if self.prefetch_batches else Inline(it, fn)
+        prefetch = self.prefetch_batches
+        if prefetch is None:
+            prefetch = self._engine.prefetch_default()
+        fetch = Prefetcher(it, fn) if prefetch else Inline(it, fn)
         try:
             step = 0
             for item in fetch:

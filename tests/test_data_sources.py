@@ -283,9 +283,21 @@ def test_batches_are_prepared_one_ahead_on_a_background_thread():
             at_step.append(len(pulled))
 
     t = _trainer()
+    t.prefetch_batches = 1  # (the default is the engine's: off for jax on CPU)
     t.fit(gen(), epochs=1, verbose=0, callbacks=[Watch()])
     assert all(n <= i + 2 for i, n in enumerate(at_step)), at_step  # never more than one batch ahead
     assert where[1:] and all(name == "loops-prefetch" for name in where[1:])
+    pulled.clear(), where.clear()
+    t.prefetch_batches = 0
+    h = t.fit(gen(), epochs=1, verbose=0)
+    assert len(h.epoch) == 1 and where == [threading.current_thread().name] * 3  # inline, same batches
+
+
+def test_prefetch_default_is_the_engines():
+    import backends
+
+    t = _trainer()
+    assert t.prefetch_batches is None and backends.get().prefetch_default() in (0, 1)
 
 
 def test_errors_in_the_prefetch_thread_reach_the_caller():
@@ -295,8 +307,11 @@ def test_errors_in_the_prefetch_thread_reach_the_caller():
         yield x[:B], y[:B]
         raise KeyError("broken generator")
 
-    with pytest.raises(KeyError, match="broken generator"):
-        _trainer().fit(gen(), epochs=1, verbose=0)
+    for prefetch in (1, 0):
+        t = _trainer()
+        t.prefetch_batches = prefetch
+        with pytest.raises(KeyError, match="broken generator"):
+            t.fit(gen(), epochs=1, verbose=0)
 
 
 # ------------------------------------------------- backend-independent order
