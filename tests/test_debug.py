@@ -13,6 +13,7 @@ import pytest
 from keras import ops
 
 from conftest import BACKEND, classic_mlp
+from test_errors import WithDeadLayer  # the same disconnected-layer model
 import loops
 from loops import Trainer
 
@@ -64,22 +65,6 @@ def test_check_report_matches_the_classic_mlp_and_changes_nothing(capsys):
         np.testing.assert_array_equal(a, b)
     assert not t.optimizer.built or int(ops.convert_to_numpy(t.optimizer.iterations)) == 0
     t.fit(x, y, epochs=1, verbose=0)  # and training works after it
-
-
-class WithDeadLayer(keras.Model):
-    def __init__(self):
-        super().__init__()
-        self.flat = keras.layers.Flatten()
-        self.used = keras.layers.Dense(10, name="used")
-        self.unused = keras.layers.Dense(10, name="unused")
-
-    def build(self, input_shape):
-        self.flat.build(input_shape)
-        self.used.build((None, 64))
-        self.unused.build((None, 64))
-
-    def call(self, x):
-        return self.used(self.flat(x))
 
 
 def test_check_names_a_disconnected_layer_and_fit_refuses_it():
