@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, cast
 
 import keras
 from keras import ops
@@ -59,6 +59,17 @@ def _wrong_engine(kind: str) -> TypeError:
         f"{what} runs only with KERAS_BACKEND={needs}; this process uses {keras.backend.backend()!r}. "
         "Use a Keras optimizer (keras.optimizers.Adam(1e-3)), which runs on every backend, or set "
         f"KERAS_BACKEND={needs} before importing keras.")
+
+
+def _wrap_native(kind: str, native: Any, options: dict[str, Any], shown: str) -> keras.optimizers.Optimizer:
+    """``from_optax`` / ``from_torch``: the engine's adapter, or an error naming what is wrong."""
+    if _native_kind(native) != kind:
+        needs = {"optax": "an optax.GradientTransformation", "torch": "a torch.optim.Optimizer class"}[kind]
+        raise TypeError(f"from_{kind} needs {needs}, got {shown}.")
+    wrapped = backends.get().wrap_native_optimizer(native, options)
+    if wrapped is None:
+        raise _wrong_engine(kind)
+    return cast(keras.optimizers.Optimizer, wrapped)
 
 
 def get(identifier: Any, **options: Any) -> keras.optimizers.Optimizer | None:
@@ -101,12 +112,7 @@ def from_optax(transformation: Any, **options: Any) -> keras.optimizers.Optimize
             ``optax.inject_hyperparams`` to expose ``learning_rate`` to
             callbacks such as ``ReduceLROnPlateau``.
     """
-    if _native_kind(transformation) != "optax":
-        raise TypeError(f"from_optax needs an optax.GradientTransformation, got {type(transformation).__name__}.")
-    wrapped = backends.get().wrap_native_optimizer(transformation, options)
-    if wrapped is None:
-        raise _wrong_engine("optax")
-    return wrapped
+    return _wrap_native("optax", transformation, options, type(transformation).__name__)
 
 
 def from_torch(optimizer_class: Any, **kwargs: Any) -> keras.optimizers.Optimizer:
@@ -120,12 +126,7 @@ def from_torch(optimizer_class: Any, **kwargs: Any) -> keras.optimizers.Optimize
             ``gradient_accumulation_steps``, ...) and the class's own arguments
             (``betas``, ``eps``, ``weight_decay``, ``momentum``, ...).
     """
-    if _native_kind(optimizer_class) != "torch":
-        raise TypeError(f"from_torch needs a torch.optim.Optimizer class, got {optimizer_class!r}.")
-    wrapped = backends.get().wrap_native_optimizer(optimizer_class, kwargs)
-    if wrapped is None:
-        raise _wrong_engine("torch")
-    return wrapped
+    return _wrap_native("torch", optimizer_class, kwargs, repr(optimizer_class))
 
 
 # ----------------------------------------------------- Trainer-level options
