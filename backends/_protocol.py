@@ -152,6 +152,12 @@ class Backend(Protocol):
         only while tracing (so a ``print`` in it runs once, not every step)."""
         ...
 
+    def tracing(self) -> bool:
+        """Whether the step's Python running now is being traced (it will not
+        run again for these input shapes); False when it runs eagerly, e.g. a
+        torch step that could not be captured and fell back to eager."""
+        ...
+
     def host_values(self, fn: Callable[..., None], tensors: Sequence[Any]) -> None:
         """Calls ``fn(*arrays)`` with the values of ``tensors`` as NumPy arrays,
         from eager code, including inside ``value_and_grad``'s function (jax:
@@ -163,6 +169,14 @@ class Backend(Protocol):
 
     def to_native(self, batch: Tree) -> Tree:
         """Host (NumPy) arrays to the engine's tensor type, same structure."""
+        ...
+
+    def to_step_input(self, batch: Tree) -> Tree:
+        """What the loop hands the step ``Runner.compile`` built: ``to_native(batch)``,
+        or the host arrays themselves where the engine's compiled call takes
+        them more cheaply (jax on CPU: ``jax.jit``'s C++ dispatch converts NumPy
+        arguments faster than a Python-side ``device_put``). Eager steps still
+        see engine tensors: the runner converts for them."""
         ...
 
     def step_context(self) -> AbstractContextManager[None]:

@@ -90,6 +90,10 @@ def traces(eager: bool, jit_compile: bool) -> bool:
     return not eager
 
 
+def tracing() -> bool:
+    return not tf.executing_eagerly()  # inside tf.function's trace
+
+
 def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
     if not tf.executing_eagerly():
         return  # a graph being traced: no values yet
@@ -98,6 +102,10 @@ def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
 
 def to_native(batch: Any) -> Any:
     return tf.nest.map_structure(tf.convert_to_tensor, batch)
+
+
+def to_step_input(batch: Any) -> Any:
+    return to_native(batch)
 
 
 def step_context() -> contextlib.AbstractContextManager[None]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from backends import _distributed_torch as _dp
+from backends import _torch_graph
 from backends._distributed_torch import data_parallel, replicas  # noqa: F401  (protocol functions)
 
 NAME = "torch"
@@ -39,8 +40,14 @@ class _Runner:
                 out = fn(batch)
                 return _dp.gather_rows(out) if gather else out
 
-        if eager or not jit_compile:
-            return step  # eager: nothing is traced, so on_trace is never called
+        if eager:
+            return step  # nothing is traced, so on_trace is never called
+        if not jit_compile:
+            if _dp.active():
+                return step  # the gradient all-reduce runs eagerly (DDP's hooks)
+            # The compiled mode: the step's first call is captured as an aten
+            # graph, later calls replay it (see _torch_graph).
+            return _torch_graph.CapturedStep(fn, self.variables, on_trace)
         if on_trace is None:
             return torch.compile(step)
         return _counting_compiles(step, on_trace)
@@ -116,7 +123,15 @@ def value_and_grad(
 
 
 def traces(eager: bool, jit_compile: bool) -> bool:
-    return not eager and jit_compile
+    # Captured (see _torch_graph): the Python runs once per input signature
+    # (unless the capture fails: then eagerly, and tracing() says so).
+    # torch.compile replays the Python's side effects at every call.
+    return not eager and not jit_compile
+
+
+def tracing() -> bool:
+    # Under torch.compile a print breaks the graph and runs at every call.
+    return _torch_graph.capturing()
 
 
 def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
@@ -133,6 +148,10 @@ def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
 
 def to_native(batch: Any) -> Any:
     return keras.tree.map_structure(keras.ops.convert_to_tensor, batch)
+
+
+def to_step_input(batch: Any) -> Any:
+    return to_native(batch)
 
 
 def step_context() -> contextlib.AbstractContextManager[None]:
@@ -156,7 +175,15 @@ def set_deterministic(enabled: bool) -> None:
 
 
 def prepare_optimizer(optimizer: Any) -> None:
-    del optimizer  # eager (or torch.compile): Keras optimizers run as they are
+    # Keras's torch SGD and Adadelta pass the learning rate, a tensor, as a
+    # foreach op's `alpha`, which torch reads as a Python number: a captured
+    # step (see _torch_graph) cannot hold that. Their per-variable update_step
+    # (keras.ops, the rate stays a tensor) is the same rule.
+    if isinstance(optimizer, (keras.optimizers.SGD, keras.optimizers.Adadelta)) \
+            and hasattr(optimizer, "_parallel_update_step") and "_backend_update_step" not in vars(optimizer):
+        from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+        optimizer._backend_update_step = functools.partial(BaseOptimizer._backend_update_step, optimizer)
 
 
 def wrap_native_optimizer(native: Any, options: dict[str, Any]) -> Any:

@@ -179,7 +179,7 @@ class ArraySource(DataSource):
                           take(self.sample_weight, slice(cut, None)), batch_size=self.batch_size)
         return train, val
 
-    def _batch(self, idx: np.ndarray) -> Any:
+    def _batch(self, idx: np.ndarray | slice) -> Any:
         pick = lambda tree: None if tree is None else keras.tree.map_structure(lambda a: a[idx], tree)
         x, y, sw = pick(self.x), pick(self.y), pick(self.sample_weight)
         if self.class_weight is not None and y is not None:
@@ -198,7 +198,9 @@ class ArraySource(DataSource):
         self._pass += 1
         skip, self._skip = self._skip, 0
         for start in range(skip * self.batch_size, self.n, self.batch_size):
-            yield self._batch(order[start:start + self.batch_size])
+            # Unshuffled: a slice is a view (no host copy before the transfer).
+            yield self._batch(order[start:start + self.batch_size] if self.shuffle
+                              else slice(start, start + self.batch_size))
 
     def seek(self, consumed: int, in_epoch: int) -> None:
         """Continue as if ``consumed`` batches had been drawn (a resumed run)."""

@@ -79,7 +79,7 @@ class Replicas:
     def converter(self, source: Any, padded: bool) -> Callable[[Any], Any]:
         """``host batch -> the step's input``: this process's rows, placed by the engine."""
         if self.native is None:
-            return cast(Callable[[Any], Any], self.engine.to_native)
+            return cast(Callable[[Any], Any], self.engine.to_step_input)
         self._check_source(source, padded)
         native = self.native
         with_totals = native.replicas_in_step > 1  # a step sees one shard: tell it the global counts

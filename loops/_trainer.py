@@ -57,14 +57,17 @@ _CREATED_IN_STEP = (
     "variables and metrics in __init__ and keep them as attributes.")
 
 
-def _warn_on_print(body: Callable[[Any], Any], kind: str) -> Callable[[Any], Any]:
-    """Wraps a compiled step's Python body so that ``print`` inside it warns:
-    the body runs when the step is traced, not at every step."""
+def _warn_on_print(body: Callable[[Any], Any], kind: str, tracing: Callable[[], bool]) -> Callable[[Any], Any]:
+    """Wraps a compiled step's Python body so that ``print`` inside it warns
+    while the step is traced: the body runs then, not at every step."""
 
     def traced(batch: Any) -> Any:
         original = builtins.print
 
         def print_once(*args: Any, sep: str = " ", end: str = "\n", file: Any = None, flush: bool = False) -> None:
+            if not tracing():  # an engine ran this body eagerly after all (a torch step it could not capture)
+                original(*args, sep=sep, end=end, file=file, flush=flush)
+                return
             warnings.warn(
                 f"print() inside a compiled {kind}_step runs only while the step is traced (once), "
                 "not at every step. Pass Trainer(..., run_eagerly=True) to debug with print, or "
@@ -600,7 +603,7 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
                 # lax.scan (jax), tf.while_loop (tensorflow), a Python loop (torch, eager).
                 body = _eager_loop(step) if eager else self._engine.loop_steps(step, self._state)
             if self._engine.traces(eager, jit):
-                body = _warn_on_print(body, kind)  # its Python runs only while tracing
+                body = _warn_on_print(body, kind, self._engine.tracing)  # its Python runs only while tracing
             many = self.steps_per_execution > 1 and kind != "predict"
             # (the trace counter describes a stacked execution's shapes as they are)
             compiled = self._runner.compile(body, eager=eager, jit_compile=jit, kind=kind,

@@ -9,7 +9,7 @@ from keras import ops
 from conftest import BACKEND
 from loops import Trainer
 
-COMPILES = BACKEND in ("jax", "tensorflow")  # torch's default is eager
+COMPILES = BACKEND in ("jax", "tensorflow")  # torch: TinyGAN's seeded keras.random cannot be captured (eager)
 
 
 class TinyGAN(Trainer):

@@ -1,0 +1,355 @@
+"""Graph capture for torch steps: the compiled mode of the torch engine.
+
+Keras layers, losses, metrics and optimizers cost far more Python per call on
+torch than the tensor work they do (a Dense layer's ``__call__`` is ~50 µs of
+bookkeeping around one matmul). jax and tensorflow trace that Python once and
+then run a graph; this module gives torch the same: the step's first call for
+each input signature runs under ``make_fx`` (the tracer AOTAutograd is built
+on), which records every aten operation the step performs, forward, backward
+(``torch.autograd.grad`` dispatches its ops through the tracer) and the
+optimizer's in-place updates alike. Later calls replay that graph on the
+variables' live tensors: no Keras Python runs, the updates land in place, as
+in eager mode. It is not ``torch.compile``: nothing is generated or fused, so
+capture takes a fraction of a second and the replay computes what eager mode
+computes, op for op.
+
+What a graph cannot hold is a value the step reads back into Python
+(``.item()``, ``bool(t)``, ``.numpy()``: a Python ``if`` on a tensor, a
+Keras ``SeedGenerator`` seeding a ``torch.Generator``). The capture stops at
+the first such read, restores the variables and torch's RNG, and that step
+then runs eagerly for good (a warning names the read).
+
+The capturing call is itself the step: its updates are the real ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+import warnings
+from typing import Any, Callable, Sequence
+
+import keras
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_aten = torch.ops.aten
+
+# Ops that hand a tensor's value to Python: a graph would bake the value in.
+_HOST_READS = {_aten._local_scalar_dense.default, _aten.item.default, _aten.is_nonzero.default,
+               _aten.equal.default}
+
+
+_state = threading.local()
+
+
+def capturing() -> bool:
+    """True while a step is being captured on this thread."""
+    return getattr(_state, "capturing", False)
+
+
+class HostRead(Exception):
+    """The step read a tensor's value into Python while being captured."""
+
+
+class _RefuseHostReads(TorchDispatchMode):
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in _HOST_READS:
+            raise HostRead(f"{func.name()}")
+        return func(*args, **(kwargs or {}))
+
+
+class _NoTensorExport:
+    """``Tensor.numpy()`` / ``.tolist()`` read memory without dispatching an
+    op, so the dispatch mode cannot see them: refused while capturing."""
+
+    names = ("numpy", "tolist", "__array__")
+
+    def __enter__(self) -> None:
+        self.saved = {name: getattr(torch.Tensor, name) for name in self.names}
+        for name, original in self.saved.items():
+            setattr(torch.Tensor, name, _refuse(name, original))
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, method in self.saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def _refuse(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if capturing():  # this thread's step; other threads (data loading) are not affected
+            raise HostRead(f"Tensor.{name}()")
+        return original(self, *args, **kwargs)
+
+    return method
+
+
+class _CapturableKeras:
+    """Keras torch functions that read values, replaced while capturing by
+    equivalents a graph can hold (other threads and eager steps get the
+    originals):
+
+    - ``keras.ops.cond``: Keras's torch version is a Python ``if`` on the
+      predicate. When neither branch writes state (a learning-rate schedule's
+      warm-up, a loss's case split) both are computed and the results
+      selected with ``torch.where``, as XLA lowers a small ``cond``. A branch
+      that assigns variables (gradient accumulation, loss scaling) cannot be
+      selected after the fact: the step runs eagerly.
+    - ``torch.nn.functional.one_hot``: torch checks the labels' range with
+      two value reads; a comparison with ``arange`` builds the same matrix.
+    """
+
+    def __init__(self, tensors: Sequence[Any]):
+        self.tensors = tensors
+
+    def __enter__(self) -> None:
+        import keras.src.backend.torch.core as torch_core
+
+        self.core = torch_core
+        self.saved_cond, self.saved_one_hot = torch_core.cond, torch.nn.functional.one_hot
+        original_cond, original_one_hot = self.saved_cond, self.saved_one_hot
+        tensors = self.tensors
+
+        def cond(pred: Any, true_fn: Callable[[], Any], false_fn: Callable[[], Any]) -> Any:
+            if not capturing() or not isinstance(pred, torch.Tensor):
+                return original_cond(pred, true_fn, false_fn)
+            versions = [t._version for t in tensors]
+            with keras.StatelessScope() as scope:  # records assignments instead of applying them
+                if_true, if_false = true_fn(), false_fn()
+            if scope.state_mapping or [t._version for t in tensors] != versions:
+                raise HostRead("keras.ops.cond whose branches assign variables")
+            return keras.tree.map_structure(
+                lambda a, b: torch.where(pred.bool(), torch.as_tensor(a), torch.as_tensor(b)), if_true, if_false)
+
+        def one_hot(x: Any, num_classes: int = -1) -> Any:
+            if not capturing() or num_classes < 0:
+                return original_one_hot(x, num_classes)
+            return (x.unsqueeze(-1) == torch.arange(num_classes, device=x.device)).long()
+
+        torch_core.cond = cond
+        torch.nn.functional.one_hot = one_hot  # type: ignore[assignment]
+
+    def __exit__(self, *exc: Any) -> None:
+        self.core.cond = self.saved_cond
+        torch.nn.functional.one_hot = self.saved_one_hot
+
+
+def _where_in_user_code(error: BaseException) -> tuple[str, bool]:
+    """Where the read is (the innermost frame outside torch, Keras and this
+    module), and whether it is a Keras random op's."""
+    frames = traceback.extract_tb(error.__traceback__)
+    paths = [frame.filename.replace("\\", "/") for frame in frames]
+    from_random = any("/keras/src/random/" in path for path in paths)
+    for frame, path in zip(reversed(frames), reversed(paths)):
+        if not any(part in path for part in ("/torch/", "/keras/", "_torch_graph.py")):
+            return f"{frame.filename}:{frame.lineno} ({frame.line})", from_random
+    return "unknown location", from_random
+
+
+def _is_pure(node: torch.fx.Node) -> bool:
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+        return False
+    if target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags:
+        return False
+    return True
+
+
+def _simplify(gm: torch.fx.GraphModule) -> None:
+    """Cheaper replay, same results: ``detach`` is a no-op without autograd
+    (the replay runs under ``no_grad``); ops over constants only are computed
+    once, here; ops whose results nobody uses are dropped. Ops that mutate
+    or draw random numbers are kept as they are."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in (_aten.detach.default, _aten.alias.default):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    # Constant folding: get_attr tensors are the capture's constants.
+    constant: dict[torch.fx.Node, Any] = {}
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op == "get_attr":
+            value = getattr(gm, str(node.target), None)
+            if isinstance(value, torch.Tensor):
+                constant[node] = value
+            continue
+        if not _is_pure(node):
+            continue
+        inputs = node.all_input_nodes
+        if not inputs or not all(n in constant for n in inputs):
+            continue
+        if any(not _is_pure(user) for user in node.users):
+            continue  # a mutating user would write into the shared constant
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: constant[n])
+        value = node.target(*args, **kwargs)
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = f"_folded_{folded}"
+        folded += 1
+        gm.register_buffer(name, value, persistent=False)
+        with graph.inserting_before(node):
+            replacement = graph.get_attr(name)
+        node.replace_all_uses_with(replacement)
+        graph.erase_node(node)
+        constant[replacement] = value
+    for node in reversed(list(graph.nodes)):
+        if not node.users and (_is_pure(node) or node.op == "get_attr"):
+            graph.erase_node(node)
+    _contiguous_conv_weights(graph)
+    graph.lint()
+    gm.recompile()
+
+
+_CONVOLUTIONS = {_aten.convolution.default: 1, _aten.convolution_backward.default: 2}
+_VIEWS = {_aten.permute.default, _aten.t.default, _aten.transpose.int}
+
+
+def _contiguous_conv_weights(graph: torch.fx.Graph) -> None:
+    """Keras keeps conv kernels as (kh, kw, in, out) and hands torch a
+    permuted view; oneDNN then picks its memory format from strides that no
+    torch module would have, and can miss the channels-last path a
+    ``torch.nn.Conv2d`` gets (measured: 4x slower max-pooling after the first
+    conv of a 1-channel image). The weight is made contiguous once per step,
+    as a torch module holds it; forward and backward share the copy."""
+    copies: dict[torch.fx.Node, torch.fx.Node] = {}
+    for node in list(graph.nodes):
+        position = _CONVOLUTIONS.get(node.target) if node.op == "call_function" else None
+        if position is None or len(node.args) <= position:
+            continue
+        weight = node.args[position]
+        if not isinstance(weight, torch.fx.Node) or weight.target not in _VIEWS:
+            continue
+        copy = copies.get(weight)
+        if copy is None:
+            with graph.inserting_after(weight):
+                copy = graph.call_function(_aten.clone.default, (weight,),
+                                           {"memory_format": torch.contiguous_format})
+            copies[weight] = copy
+        node.update_arg(position, copy)
+
+
+# Graphs kept per step (one per input signature), as torch.compile's
+# cache_size_limit: beyond it new signatures run eagerly.
+MAX_GRAPHS = 8
+
+
+class CapturedStep:
+    """``step(batch)`` that captures ``fn`` on each new input signature and
+    replays the graph; falls back to ``fn`` itself (eager) where it cannot."""
+
+    def __init__(self, fn: Callable[[Any], Any], variables: Sequence[keras.Variable],
+                 on_trace: Callable[[Any], None] | None = None):
+        self.fn = fn
+        self.variables = list(variables)
+        self.on_trace = on_trace
+        self.graphs: dict[Any, Any] = {}
+        self.eager_reason: str | None = None  # set when capture failed: every call runs eagerly
+        self.warned_too_many = False
+
+    def __call__(self, batch: Any) -> Any:
+        if self.eager_reason is not None:
+            return self._eager(batch)
+        leaves, spec = pytree.tree_flatten(batch)
+        try:
+            key = (spec, tuple((t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else ("v", t)
+                               for t in leaves))
+            hash(key)
+        except TypeError:  # an unhashable non-tensor leaf: nothing to key a graph on
+            return self._eager(batch)
+        graph = self.graphs.get(key)
+        tensors = [v._value for v in self.variables]
+        if graph is None:
+            if len(self.graphs) >= MAX_GRAPHS:
+                return self._too_many(batch)
+            return self._capture(key, batch, leaves, spec, tensors)
+        with torch.no_grad():
+            return graph(tensors, [t for t in leaves if isinstance(t, torch.Tensor)])
+
+    def _too_many(self, batch: Any) -> Any:
+        if not self.warned_too_many:
+            self.warned_too_many = True
+            warnings.warn(
+                f"This step has been captured for {MAX_GRAPHS} different input shapes/dtypes; batches of "
+                "any further shape run eagerly (capturing costs more than an eager step, so a stream of "
+                "new shapes would be slower captured). Pad or bucket inputs to a few shapes.", stacklevel=4)
+        return self._eager(batch)
+
+    def _eager(self, batch: Any) -> Any:
+        with torch.no_grad():
+            return self.fn(batch)
+
+    def _capture(self, key: Any, batch: Any, leaves: list[Any], spec: Any, tensors: list[Any]) -> Any:
+        positions = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor)]
+        outputs: list[Any] = []
+
+        def traced(tensors: list[Any], inputs: list[Any]) -> Any:
+            del tensors  # read through the variables: make_fx maps them to the inputs by identity
+            full = list(leaves)
+            for i, t in zip(positions, inputs):
+                full[i] = t
+            with torch.no_grad(), _RefuseHostReads():
+                out = self.fn(pytree.tree_unflatten(full, spec))
+            outputs.append(out)
+            return out
+
+        saved = [t.detach().clone() for t in tensors]
+        rng = _rng_state()
+        try:
+            # Warnings the step's Python raises are held back: if the capture
+            # fails, the eager rerun raises its own (print() inside a compiled
+            # step warns only where the step really is traced).
+            with warnings.catch_warnings(record=True) as held, _NoTensorExport(), _CapturableKeras(tensors):
+                warnings.simplefilter("always")
+                _state.capturing = True
+                try:
+                    graph = make_fx(traced, tracing_mode="real")(tensors, [leaves[i] for i in positions])
+                finally:
+                    _state.capturing = False
+            for w in held:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        except HostRead as e:
+            self._restore(tensors, saved, rng)
+            where, from_random = _where_in_user_code(e)
+            self.eager_reason = f"{e} at {where}"
+            if from_random:
+                advice = ("Keras's seeded random ops (keras.random.* with a seed or SeedGenerator) seed a "
+                          "torch.Generator from a tensor's value at every call. For noise a graph can hold, "
+                          "pass the noise in the batch, or draw it with loops.parity.neutral_uniform")
+            else:
+                advice = ("Keep values as tensors inside the step (keras.ops.where instead of an `if` on a "
+                          "tensor, no .item() / float())")
+            warnings.warn(
+                f"This step reads a tensor's value into Python ({self.eager_reason}), so torch cannot run it "
+                f"as a captured graph: it runs eagerly instead, as Keras's own torch loop does (slower). "
+                f"{advice}; or pass Trainer(..., run_eagerly=True) to silence this.",
+                stacklevel=4)
+            return self._eager(batch)
+        except Exception:
+            self._restore(tensors, saved, rng)
+            raise
+        _simplify(graph)
+        self.graphs[key] = graph
+        if self.on_trace is not None:
+            self.on_trace(batch)
+        return outputs[-1]  # the capture ran the step for real: these are its results
+
+    @staticmethod
+    def _restore(tensors: list[Any], saved: list[Any], rng: Any) -> None:
+        with torch.no_grad():
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
+        _set_rng_state(rng)
+
+
+def _rng_state() -> Any:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state: Any) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,213 @@
+"""Compiled steps compute what eager steps compute, on every backend.
+
+jax traces the step under ``jax.jit``, tensorflow under ``tf.function``, and
+torch captures it as an aten graph and replays it (``backends/_torch_graph``).
+Each test trains twice from the same weights, compiled and with
+``run_eagerly=True``, and compares the results; the torch-only tests cover
+what only capture can get wrong (a value read into Python)."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from loops import Trainer
+
+BACKEND = keras.backend.backend()
+
+
+def _twice(build, fit_kwargs, data):
+    """(compiled trainer, eager trainer, their histories) from one start."""
+    out = []
+    weights = None
+    for eager in (False, True):
+        keras.utils.set_random_seed(0)
+        trainer = build(eager)
+        if weights is None:
+            trainer.model.build((None, *data[0].shape[1:]))
+            weights = trainer.model.get_weights()
+        trainer.model.set_weights(weights)
+        out.append((trainer, trainer.fit(*data, shuffle=False, verbose=0, **fit_kwargs)))
+    return out
+
+
+def _assert_same(compiled, eager, rtol=1e-5):
+    (tc, hc), (te, he) = compiled, eager
+    assert set(hc.history) == set(he.history)
+    for key in hc.history:
+        np.testing.assert_allclose(hc.history[key], he.history[key], rtol=rtol, atol=1e-6, err_msg=key)
+    for a, b in zip(tc.model.get_weights(), te.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=rtol * 10, atol=1e-6)
+
+
+def _images(n=128, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 10, 10, 1)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype("int32") + 2 * (x[:, :5].mean(axis=(1, 2, 3)) > 0.5)
+    return x, y.astype("int32")
+
+
+def test_cnn_with_batchnorm_schedule_momentum_and_lr_callback():
+    """channels_last convs and pools, BatchNorm statistics, SGD with momentum
+    under a warm-up schedule (a keras.ops.cond), and an LR set by a callback
+    between epochs: the compiled step follows every one of them."""
+    x, y = _images()
+
+    def build(eager):
+        model = keras.Sequential([
+            keras.Input((10, 10, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4),
+        ])
+        schedule = keras.optimizers.schedules.CosineDecay(0.01, 40, warmup_target=0.05, warmup_steps=5)
+        return Trainer(model, keras.optimizers.SGD(schedule, momentum=0.9),
+                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                       metrics=["accuracy"], run_eagerly=eager)
+
+    compiled, eager = _twice(build, {"batch_size": 16, "epochs": 3, "validation_split": 0.25}, (x, y))
+    _assert_same(compiled, eager)
+    assert compiled[0].trace_counts == {"train": 1, "test": 1}  # traced (torch: captured) once each
+    assert compiled[1].history["loss"][-1] < compiled[1].history["loss"][0]
+
+
+def test_mlp_adam_with_one_hot_labels_and_a_scheduler_callback():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    labels = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0)
+
+    class OneHot(Trainer):
+        def train_step(self, batch):
+            x, labels = batch
+            return super().train_step((x, ops.one_hot(labels, 3)))
+
+    def build(eager):
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+        return OneHot(model, keras.optimizers.Adam(0.01), keras.losses.CategoricalCrossentropy(from_logits=True),
+                      run_eagerly=eager)
+
+    halve = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr if epoch == 0 else lr * 0.5)
+    compiled, eager = _twice(build, {"batch_size": 16, "epochs": 3, "callbacks": [halve]}, (x, labels))
+    _assert_same(compiled, eager)
+    np.testing.assert_allclose(compiled[1].history["learning_rate"], [0.01, 0.005, 0.0025], rtol=1e-6)
+
+
+class Masks(Trainer):
+    """Returns the sum of a dropout layer's output for a constant input."""
+
+    def train_step(self, batch):
+        x, y = batch
+        out = self.model(ops.ones_like(x), training=True)
+        self._loss_tracker.update_state(ops.sum(out))
+        return {"out": ops.sum(out)}
+
+
+def test_dropout_draws_a_fresh_mask_at_every_compiled_step():
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dropout(0.5)])
+    trainer = Masks(model, "sgd", "mse")
+    seen = []
+    cb = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(float(logs["out"])))
+    x = np.ones((8 * 6, 64), "float32")
+    trainer.fit(x, x, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert len(seen) == 6
+    assert len(set(seen)) > 1, f"the same dropout mask at every step: {seen}"
+    assert all(0 < s < 2 * 64 * 8 for s in seen)  # 8 rows; kept units are scaled by 2
+
+
+def test_weights_assigned_between_steps_are_used_by_the_next_compiled_step():
+    x = np.ones((32, 4), "float32")
+    y = np.zeros((32, 1), "float32")
+
+    def build(eager):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        return Trainer(model, keras.optimizers.SGD(0.01), "mse", run_eagerly=eager)
+
+    def reset(trainer):
+        return keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: batch == 1 and [
+            v.assign(ops.ones(v.shape)) for v in trainer.model.trainable_variables])
+
+    results = []
+    for eager in (False, True):
+        trainer = build(eager)
+        trainer.model.set_weights([np.zeros((4, 1), "float32"), np.zeros((1,), "float32")])
+        trainer.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[reset(trainer)])
+        results.append(trainer.model.get_weights())
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert results[0][1][0] != 0.0  # the reset to ones, then two more steps
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="jax and tensorflow refuse a Python `if` on a traced tensor")
+def test_torch_step_that_reads_a_value_runs_eagerly_with_the_same_results():
+    """A Python ``if`` on a tensor cannot be captured: torch warns, restores
+    the state the failed capture touched, and runs the step eagerly."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(48, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+
+    class Branches(Trainer):
+        def train_step(self, batch):
+            logs = super().train_step(batch)
+            if logs["loss"] > 1e9:  # reads the value: not capturable
+                raise AssertionError("unreachable")
+            return logs
+
+    def build(eager):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        return Branches(model, keras.optimizers.Adam(0.05), "mse", run_eagerly=eager)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled, eager = _twice(build, {"batch_size": 8, "epochs": 2}, (x, y))
+    messages = [str(w.message) for w in caught if "captured graph" in str(w.message)]
+    assert len(messages) == 1 and "test_compiled_steps.py" in messages[0] and "logs[\"loss\"] > 1e9" in messages[0]
+    _assert_same(compiled, eager, rtol=1e-6)
+    assert int(ops.convert_to_numpy(compiled[0].optimizer.iterations)) == 12  # no update applied twice
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's captured graph")
+def test_torch_capture_replays_without_running_keras_python():
+    """After the capture, the step's Python (here: a counter) does not run."""
+    calls = []
+
+    class Counts(Trainer):
+        def train_step(self, batch):
+            calls.append(1)
+            return super().train_step(batch)
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    trainer = Counts(model, "adam", "mse")
+    x = np.ones((40, 4), "float32")
+    trainer.fit(x, x[:, :1], batch_size=8, epochs=3, verbose=0)
+    assert len(calls) == 2  # the checking step, then the capture; 15 steps ran
+    assert int(ops.convert_to_numpy(trainer.optimizer.iterations)) == 15
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's captured graph")
+def test_torch_stops_capturing_after_max_graphs_shapes(monkeypatch):
+    from backends import _torch_graph
+
+    monkeypatch.setattr(_torch_graph, "MAX_GRAPHS", 2)
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(16, 4)).astype("float32"), rng.normal(size=(16, 1)).astype("float32")
+    batches = [(x[:n], y[:n]) for n in (5, 6, 7, 8, 5)]
+    weights = None
+    results = []
+    for eager in (False, True):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        weights = weights or model.get_weights()
+        model.set_weights(weights)
+        trainer = Trainer(model, "adam", "mse", run_eagerly=eager)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(batches, epochs=1, verbose=0)
+        results.append(model.get_weights())
+        if not eager:
+            assert trainer.trace_counts["train"] == 2  # shapes 5 and 6; 7 and 8 ran eagerly, 5 replayed
+            assert sum("captured for 2 different input shapes" in str(w.message) for w in caught) == 1
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
