@@ -24,6 +24,7 @@ The capturing call is itself the step: its updates are the real ones.
 
 from __future__ import annotations
 
+import copy
 import threading
 import traceback
 import warnings
@@ -198,16 +199,43 @@ def _simplify(gm: torch.fx.GraphModule) -> None:
     for node in reversed(list(graph.nodes)):
         if not node.users and (_is_pure(node) or node.op == "get_attr"):
             graph.erase_node(node)
-    _contiguous_conv_weights(graph)
     graph.lint()
     gm.recompile()
+
+
+def _relayout(gm: torch.fx.GraphModule) -> bool:
+    """Memory-format passes (values unchanged, strides and so kernels
+    change); returns whether anything changed. The caller checks the result
+    against the captured step before using it.
+
+    Keras's torch convolutions and pools take channels-last activations by
+    copying them to NCHW (``.contiguous()``) and back to channels-last
+    memory; its pools run on that NCHW copy, which for few channels is ~5x
+    slower than on the channels-last view a ``torch.nn`` model would pass.
+    A clone whose only job is a memory format is dropped (when nothing
+    writes into it), so the permuted views flow through as they are."""
+    graph = gm.graph
+    changed = _contiguous_conv_weights(graph)
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not _aten.clone.default \
+                or node.kwargs.get("memory_format") not in (torch.contiguous_format, torch.channels_last):
+            continue
+        if any(not _is_pure(user) for user in node.users):
+            continue  # written into: the copy is needed
+        node.replace_all_uses_with(node.args[0])
+        graph.erase_node(node)
+        changed = True
+    if changed:
+        graph.lint()
+        gm.recompile()
+    return changed
 
 
 _CONVOLUTIONS = {_aten.convolution.default: 1, _aten.convolution_backward.default: 2}
 _VIEWS = {_aten.permute.default, _aten.t.default, _aten.transpose.int}
 
 
-def _contiguous_conv_weights(graph: torch.fx.Graph) -> None:
+def _contiguous_conv_weights(graph: torch.fx.Graph) -> bool:
     """Keras keeps conv kernels as (kh, kw, in, out) and hands torch a
     permuted view; oneDNN then picks its memory format from strides that no
     torch module would have, and can miss the channels-last path a
@@ -229,6 +257,7 @@ def _contiguous_conv_weights(graph: torch.fx.Graph) -> None:
                                            {"memory_format": torch.contiguous_format})
             copies[weight] = copy
         node.update_arg(position, copy)
+    return bool(copies)
 
 
 # Graphs kept per step (one per input signature), as torch.compile's
@@ -331,10 +360,43 @@ class CapturedStep:
             self._restore(tensors, saved, rng)
             raise
         _simplify(graph)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's pytree specs, deep-copied
+            candidate = copy.deepcopy(graph)
+        if _relayout(candidate) and self._reproduces(candidate, saved, rng, [leaves[i] for i in positions],
+                                                      outputs[-1], tensors):
+            graph = candidate
         self.graphs[key] = graph
         if self.on_trace is not None:
             self.on_trace(batch)
         return outputs[-1]  # the capture ran the step for real: these are its results
+
+    @staticmethod
+    def _reproduces(graph: Any, before: list[Any], rng: Any, inputs: list[Any], outputs: Any,
+                    after: list[Any]) -> bool:
+        """Whether ``graph``, run from the state before the step (copies) and
+        the same random state, gives the step's outputs and final state."""
+        now = _rng_state()
+        _set_rng_state(rng)
+        trial = [t.clone() for t in before]
+        try:
+            with torch.no_grad():
+                got = graph(trial, inputs)
+            def close(a: Any, b: Any) -> bool:
+                if not isinstance(a, torch.Tensor):
+                    return True
+                if a.shape != b.shape or a.dtype != b.dtype:
+                    return False
+                if not a.is_floating_point():
+                    return bool(torch.equal(a, b))
+                return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6, equal_nan=True))
+
+            same_out = all(close(a, b) for a, b in zip(pytree.tree_leaves(got), pytree.tree_leaves(outputs)))
+            return same_out and all(close(a, b) for a, b in zip(trial, after))
+        except RuntimeError:  # e.g. a view of what is no longer contiguous
+            return False
+        finally:
+            _set_rng_state(now)
 
     @staticmethod
     def _restore(tensors: list[Any], saved: list[Any], rng: Any) -> None:

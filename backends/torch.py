@@ -223,7 +223,11 @@ def loop_steps(step: Callable[[Any], Any], variables: Sequence[keras.Variable]) 
 
 
 def prefetch_default() -> int:
-    return 1
+    # On CPU the prefetch thread only wraps NumPy arrays (torch.as_tensor, no
+    # copy) and its hand-off competes with the step's intra-op threads
+    # (measured on 2 cores: MLP 1.18x -> 1.10x, CNN 1.36x -> 1.06x the
+    # native loop); on a GPU it overlaps the host-to-device copy.
+    return 1 if torch.cuda.is_available() else 0
 
 
 def rng_state() -> dict[str, Any]:

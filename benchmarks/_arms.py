@@ -71,7 +71,7 @@ class FitArm:
     """``fit`` of a Trainer or a compiled Keras model over the pool."""
 
     def __init__(self, name: str, fitter: Any, w: W.Workload, arrays: dict[str, np.ndarray]):
-        self.name, self.fitter, self.w, self.arrays = name, fitter, w, W.keras_layout(arrays)
+        self.name, self.fitter, self.w, self.arrays = name, fitter, w, arrays
         self.first_call_s = float("nan")
 
     def _fit(self, arrays: dict[str, np.ndarray], epochs: int) -> Any:

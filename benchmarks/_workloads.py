@@ -39,41 +39,20 @@ DISCRIMINATOR = (("dense", 128, "relu"), ("dense", 1, None))
 ALL = (TINY, MLP, CNN, GAN)
 
 
-def data_format() -> str:
-    """The image layout of the Keras arms: each engine's native one. Keras's
-    torch convolutions and pools take NHWC by permuting every activation to
-    NCHW and back (about 2x the CNN step on CPU); a torch user keeps NCHW, as
-    the native arm does, so on torch every arm runs ``channels_first``."""
-    import keras
-
-    return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
-
-
 def keras_model(spec: tuple[tuple[Any, ...], ...], input_shape: tuple[int, ...], name: str) -> Any:
     import keras
 
-    fmt = data_format()
-    if fmt == "channels_first" and len(input_shape) == 3:
-        input_shape = (input_shape[2], input_shape[0], input_shape[1])
     layers: list[Any] = [keras.Input(input_shape)]
     for kind, *args in spec:
         if kind == "dense":
             layers.append(keras.layers.Dense(args[0], activation=args[1]))
         elif kind == "conv":
-            layers.append(keras.layers.Conv2D(args[0], args[1], activation=args[2], data_format=fmt))
+            layers.append(keras.layers.Conv2D(args[0], args[1], activation=args[2]))
         elif kind == "maxpool":
-            layers.append(keras.layers.MaxPooling2D(args[0], data_format=fmt))
+            layers.append(keras.layers.MaxPooling2D(args[0]))
         elif kind == "gap":
-            layers.append(keras.layers.GlobalAveragePooling2D(data_format=fmt))
+            layers.append(keras.layers.GlobalAveragePooling2D())
     return keras.Sequential(layers, name=name)
-
-
-def keras_layout(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``arrays`` (NHWC images) in the Keras arms' layout (``data_format``)."""
-    x = arrays.get("x")
-    if x is None or x.ndim != 4 or data_format() == "channels_last":
-        return arrays
-    return {**arrays, "x": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
 
 
 def initial_weights(model: Any, seed: int) -> list[np.ndarray]:
