@@ -10,8 +10,10 @@ on), which records every aten operation the step performs, forward, backward
 optimizer's in-place updates alike. Later calls replay that graph on the
 variables' live tensors: no Keras Python runs, the updates land in place, as
 in eager mode. It is not ``torch.compile``: nothing is generated or fused, so
-capture takes a fraction of a second and the replay computes what eager mode
-computes, op for op.
+capture takes a fraction of a second and the replay runs the ops eager mode
+runs (less ``detach``, folded constants and dead ops; and, where a replay
+from the step's starting state shows the same results, without Keras's
+memory-format copies around convolutions and pools).
 
 What a graph cannot hold is a value the step reads back into Python
 (``.item()``, ``bool(t)``, ``.numpy()``: a Python ``if`` on a tensor, a
@@ -179,8 +181,7 @@ def _simplify(gm: torch.fx.GraphModule) -> None:
             continue
         if not _is_pure(node):
             continue
-        inputs = node.all_input_nodes
-        if not inputs or not all(n in constant for n in inputs):
+        if not all(n in constant for n in node.all_input_nodes):  # (no inputs: a constant too)
             continue
         if any(not _is_pure(user) for user in node.users):
             continue  # a mutating user would write into the shared constant
