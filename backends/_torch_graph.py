@@ -27,6 +27,7 @@ The capturing call is itself the step: its updates are the real ones.
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import traceback
 import warnings
@@ -343,7 +344,9 @@ class CapturedStep:
         except HostRead as e:
             self._restore(tensors, saved, rng)
             where, from_random = _where_in_user_code(e)
-            self.eager_reason = f"{e} at {where}"
+            # (Keras re-raises errors from a layer's call with its own message around ours.)
+            found = re.search(r"aten::\w+|Tensor\.\w+\(\)|keras\.ops\.cond[^\n.]*", str(e))
+            self.eager_reason = f"{found.group(0) if found else e} at {where}"
             if from_random:
                 advice = ("Keras's seeded random ops (keras.random.* with a seed or SeedGenerator) seed a "
                           "torch.Generator from a tensor's value at every call. For noise a graph can hold, "
