@@ -27,6 +27,7 @@ The capturing call is itself the step: its updates are the real ones.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import threading
 import traceback
@@ -88,6 +89,35 @@ def _refuse(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         return original(self, *args, **kwargs)
 
     return method
+
+
+def _torchscript(graph: Any, tensors: list[Any], inputs: list[Any]) -> Callable[[list[Any], list[Any]], Any] | None:
+    """The graph as a TorchScript trace, or None. TorchScript's interpreter
+    runs the ops from C++: on the MLP benchmark the step is ~12% faster than
+    the FX graph's generated Python, on the tiny MLP ~30%. ``torch.jit.trace``
+    is deprecated (torch 2.13 says so), so this is an executor, not a
+    dependency: where it is missing, fails, or does not reproduce the
+    captured step, the FX graph runs instead. ``LOOPS_TORCH_REPLAY=fx``
+    turns it off."""
+    if os.environ.get("LOOPS_TORCH_REPLAY", "").lower() == "fx" or not hasattr(torch.jit, "trace"):
+        return None
+    rng = _rng_state()  # tracing runs the step once: its random draws must not count
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its deprecation notice, and tracer hints
+            with torch.no_grad():
+                scratch = tuple(t.detach().clone() for t in tensors)  # tracing runs the step: not on live state
+                traced = torch.jit.trace(lambda state, batch: graph(list(state), list(batch)),
+                                         (scratch, tuple(inputs)), check_trace=False, strict=False)
+    except Exception:  # noqa: BLE001 - any failure: keep the FX graph
+        return None
+    finally:
+        _set_rng_state(rng)
+
+    def run(state: list[Any], batch: list[Any]) -> Any:
+        return traced(tuple(state), tuple(batch))
+
+    return run
 
 
 class _CapturableKeras:
@@ -367,10 +397,14 @@ class CapturedStep:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's pytree specs, deep-copied
             candidate = copy.deepcopy(graph)
-        if _relayout(candidate) and self._reproduces(candidate, saved, rng, [leaves[i] for i in positions],
-                                                      outputs[-1], tensors):
+        inputs = [leaves[i] for i in positions]
+        if _relayout(candidate) and self._reproduces(candidate, saved, rng, inputs, outputs[-1], tensors):
             graph = candidate
-        self.graphs[key] = graph
+        replay: Callable[[list[Any], list[Any]], Any] = graph
+        executor = _torchscript(graph, tensors, inputs)
+        if executor is not None and self._reproduces(executor, saved, rng, inputs, outputs[-1], tensors):
+            replay = executor
+        self.graphs[key] = replay
         if self.on_trace is not None:
             self.on_trace(batch)
         return outputs[-1]  # the capture ran the step for real: these are its results
@@ -397,7 +431,7 @@ class CapturedStep:
 
             same_out = all(close(a, b) for a, b in zip(pytree.tree_leaves(got), pytree.tree_leaves(outputs)))
             return same_out and all(close(a, b) for a, b in zip(trial, after))
-        except RuntimeError:  # e.g. a view of what is no longer contiguous
+        except Exception:  # noqa: BLE001 - e.g. a view of what is no longer contiguous
             return False
         finally:
             _set_rng_state(now)

@@ -211,3 +211,28 @@ def test_torch_stops_capturing_after_max_graphs_shapes(monkeypatch):
             assert sum("captured for 2 different input shapes" in str(w.message) for w in caught) == 1
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's captured graph")
+@pytest.mark.parametrize("replay", ["torchscript", "fx"])
+def test_torch_replay_executors_match_eager(monkeypatch, replay):
+    """The captured graph replays through TorchScript's interpreter when it
+    reproduces the step, else (or with LOOPS_TORCH_REPLAY=fx) as FX code."""
+    import torch
+
+    if replay == "fx":
+        monkeypatch.setenv("LOOPS_TORCH_REPLAY", "fx")
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = (x[:, :1] > 0).astype("int32")
+
+    def build(eager):
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)])
+        return Trainer(model, keras.optimizers.Adam(0.01),
+                       keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=eager)
+
+    compiled, eager = _twice(build, {"batch_size": 16, "epochs": 2}, (x, y))
+    _assert_same(compiled, eager, rtol=1e-6)
+    graphs = list(compiled[0]._step_fns["train"].graphs.values())
+    assert len(graphs) == 1
+    assert isinstance(graphs[0], torch.fx.GraphModule) == (replay == "fx")
