@@ -26,6 +26,7 @@ The capturing call is itself the step: its updates are the real ones.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -33,7 +34,7 @@ import threading
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import torch
@@ -102,18 +103,16 @@ def _torchscript(graph: Any, tensors: list[Any], inputs: list[Any]) -> Callable[
     turns it off."""
     if os.environ.get("LOOPS_TORCH_REPLAY", "").lower() == "fx" or not hasattr(torch.jit, "trace"):
         return None
-    rng = _rng_state()  # tracing runs the step once: its random draws must not count
     try:
-        with warnings.catch_warnings():
+        # Tracing runs the step once, on copies: its random draws must not count.
+        with _trial_run(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its deprecation notice, and tracer hints
             with torch.no_grad():
-                scratch = tuple(t.detach().clone() for t in tensors)  # tracing runs the step: not on live state
+                scratch = tuple(t.detach().clone() for t in tensors)
                 traced = torch.jit.trace(lambda state, batch: graph(list(state), list(batch)),
                                          (scratch, tuple(inputs)), check_trace=False, strict=False)
     except Exception:  # noqa: BLE001 - any failure: keep the FX graph
         return None
-    finally:
-        _set_rng_state(rng)
 
     def run(state: list[Any], batch: list[Any]) -> Any:
         return traced(tuple(state), tuple(batch))
@@ -129,11 +128,10 @@ def _faster(a: Callable[..., Any], b: Callable[..., Any], state: list[Any], inpu
     graphs with channels-last views (~12% on the benchmark CNN), so the
     executor is measured rather than assumed. A step slower than
     ``budget_s`` is compute-bound: the executor hardly matters, ``b`` stays."""
-    rng = _rng_state()
     scratch = [t.detach().clone() for t in state]
     best = {id(a): float("inf"), id(b): float("inf")}
     try:
-        with torch.no_grad():
+        with _trial_run():
             for _ in range(runs):
                 for fn in (a, b):
                     start = time.perf_counter()
@@ -147,8 +145,6 @@ def _faster(a: Callable[..., Any], b: Callable[..., Any], state: list[Any], inpu
                         return False
     except Exception:  # noqa: BLE001 - a failing executor is not faster
         return False
-    finally:
-        _set_rng_state(rng)
     return best[id(a)] < best[id(b)]
 
 
@@ -447,11 +443,9 @@ class CapturedStep:
                     after: list[Any]) -> bool:
         """Whether ``graph``, run from the state before the step (copies) and
         the same random state, gives the step's outputs and final state."""
-        now = _rng_state()
-        _set_rng_state(rng)
         trial = [t.clone() for t in before]
         try:
-            with torch.no_grad():
+            with _trial_run(start=rng):
                 got = graph(trial, inputs)
             def close(a: Any, b: Any) -> bool:
                 if not isinstance(a, torch.Tensor):
@@ -466,8 +460,6 @@ class CapturedStep:
             return same_out and all(close(a, b) for a, b in zip(trial, after))
         except Exception:  # noqa: BLE001 - e.g. a view of what is no longer contiguous
             return False
-        finally:
-            _set_rng_state(now)
 
     @staticmethod
     def _restore(tensors: list[Any], saved: list[Any], rng: Any) -> None:
@@ -475,6 +467,20 @@ class CapturedStep:
             for t, s in zip(tensors, saved):
                 t.copy_(s)
         _set_rng_state(rng)
+
+
+@contextlib.contextmanager
+def _trial_run(start: Any = None) -> Iterator[None]:
+    """A run of the step that must leave no trace: under ``no_grad``, from
+    the random state ``start`` if given, with torch's RNG put back after."""
+    now = _rng_state()
+    if start is not None:
+        _set_rng_state(start)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        _set_rng_state(now)
 
 
 def _rng_state() -> Any:
