@@ -179,40 +179,55 @@ def _tf(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
 def _torch(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
     import torch
 
-    # Host layout prepared once, as a torch user stores data: NCHW, int64 labels.
+    # Keras's torch backend runs on CUDA when torch sees a GPU; so does this arm.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    # Host layout prepared once, as a torch user stores data: NCHW, int64 labels
+    # (on a GPU in pinned memory, copied to the device each step, as a
+    # DataLoader with pin_memory=True feeds a loop).
     def host(b: dict[str, np.ndarray]) -> dict[str, Any]:
         out = {k: torch.from_numpy(v) for k, v in b.items()}
         if "x" in b and b["x"].ndim == 4:
             out["x"] = torch.from_numpy(np.ascontiguousarray(b["x"].transpose(0, 3, 1, 2)))
         if "y" in b:
             out["y"] = torch.from_numpy(b["y"].astype(np.int64))
-        return out
+        return {k: v.pin_memory() for k, v in out.items()} if device.type == "cuda" else out
+
+    def to_device(b: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(device, non_blocking=True) for k, v in b.items()}
 
     tbatches = [host(b) for b in batches]
     # Keras's epsilon placement differs slightly (it adds eps to sqrt(v) before
     # bias correction); with eps=1e-7 the losses still agree to 1e-5.
     adam = lambda params: torch.optim.Adam(params, lr=W.LR, eps=W.EPS)  # noqa: E731
+    sync = lambda t: t.cpu().numpy()  # noqa: E731
     if w is not W.GAN:
-        net = W.torch_module(w.spec, weights)
+        net = W.torch_module(w.spec, weights).to(device)
         opt = adam(net.parameters())
         ce = torch.nn.CrossEntropyLoss()
 
         def step(b: dict[str, Any]) -> dict[str, Any]:
+            if device.type != "cpu":
+                b = to_device(b)
             opt.zero_grad(set_to_none=True)
             loss = ce(net(b["x"]), b["y"])
             loss.backward()
             opt.step()
             return {"loss": loss.detach()}
 
-        return NativeArm(step, tbatches, lambda t: t.numpy())
+        return NativeArm(step, tbatches, sync)
 
-    gnet, dnet = W.torch_module(W.GENERATOR, weights["generator"]), W.torch_module(W.DISCRIMINATOR, weights["discriminator"])
+    gnet = W.torch_module(W.GENERATOR, weights["generator"]).to(device)
+    dnet = W.torch_module(W.DISCRIMINATOR, weights["discriminator"]).to(device)
     g_opt, d_opt = adam(gnet.parameters()), adam(dnet.parameters())
     bce = torch.nn.BCEWithLogitsLoss()
 
     def gan_step(b: dict[str, Any]) -> dict[str, Any]:
+        if device.type != "cpu":
+            b = to_device(b)
         real = b["real"]
-        ones, zeros = torch.ones(real.shape[0], 1), torch.zeros(real.shape[0], 1)
+        ones = torch.ones(real.shape[0], 1, device=real.device)
+        zeros = torch.zeros(real.shape[0], 1, device=real.device)
         d_opt.zero_grad(set_to_none=True)
         fake = gnet(b["z1"]).detach()
         dl = bce(dnet(real), ones) + bce(dnet(fake), zeros)
@@ -224,4 +239,4 @@ def _torch(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
         g_opt.step()
         return {"d_loss": dl.detach(), "g_loss": gl.detach()}
 
-    return NativeArm(gan_step, tbatches, lambda t: t.numpy())
+    return NativeArm(gan_step, tbatches, sync)

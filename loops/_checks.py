@@ -5,6 +5,7 @@ They run once, in the first (eager) step of each kind, never per step.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import keras
@@ -69,16 +70,31 @@ def check_scalar_loss(loss: Any) -> None:
         )
 
 
+class UnusedVariableWarning(UserWarning):
+    """Some trainable variables get no gradient from the loss (they are left
+    as they are, as Keras's ``fit`` leaves them)."""
+
+
 def check_no_gradient(variables: Sequence[keras.Variable], grads: Sequence[Any]) -> None:
+    """Warns about trainable variables the loss does not reach (Keras trains
+    the rest); raises only when none of them gets a gradient."""
     missing = [v for v, g in zip(variables, grads) if g is None]
-    if missing:
-        names = ", ".join(f"{v.path} {tuple(v.shape)}" for v in missing)
+    if not missing:
+        return
+    names = ", ".join(f"{v.path} {tuple(v.shape)}" for v in missing)
+    if len(missing) == len(variables):
         raise ValueError(
-            f"No gradient reaches trainable variable(s) {names}. Likely causes: the variable is "
-            "not used in the loss, or it was used outside the function given to value_and_grad "
-            "(compute the forward pass inside it). Fix the loss, freeze the layer "
-            "(layer.trainable = False), or leave the variable out of `variables`."
+            f"No gradient reaches any of the trainable variables given to value_and_grad ({names}). "
+            "Likely causes: the loss does not use them, or the forward pass ran outside the function "
+            "given to value_and_grad (compute it inside). Fix the loss, or freeze the layers "
+            "(layer.trainable = False)."
         )
+    warnings.warn(
+        f"No gradient reaches trainable variable(s) {names}: they are not updated. Likely causes: "
+        "the variable is not used in the loss (an unused head, a counter made with add_weight), or it "
+        "was used outside the function given to value_and_grad. Freeze the layer "
+        "(layer.trainable = False) or make the variable non-trainable to silence this.",
+        UnusedVariableWarning, stacklevel=4)
 
 
 def check_variables(variables: Sequence[Any]) -> None:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from keras.src.backend import compute_output_spec
 from keras.src.backend.common import global_state
+from keras.src.saving.serialization_lib import SerializableDict
+from keras.src.trainers.trainer import Trainer as KerasTrainer
 from keras.src.trainers.compile_utils import CompileLoss, CompileMetrics
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-__all__ = ["CompileLoss", "CompileMetrics", "PyDatasetAdapter", "losses_average_over_batch", "metrics_take_sample_weight",
+__all__ = ["CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
+           "attach_compile_state", "overrides", "losses_average_over_batch", "metrics_take_sample_weight",
            "pending_variables",
            "update_metrics_masked"]
 
@@ -81,3 +85,38 @@ def update_metrics_masked(compile_metrics: CompileMetrics, y: Any, y_pred: Any, 
     for m, y_t, y_p, s_w in zip(compile_metrics._flat_weighted_metrics, ys, ps, sws):
         if m:
             m.update_state(y_t, y_p, s_w)
+
+
+# --- the model's compile state: what keras.Model.compile leaves on a model
+def attach_compile_state(model: Any, *, optimizer: Any, loss: Any, metrics: Any, loss_weights: Any,
+                         weighted_metrics: Any, compile_loss: Any, compile_metrics: Any, loss_tracker: Any,
+                         run_eagerly: bool, steps_per_execution: int, jit_compile: Any,
+                         auto_scale_loss: bool) -> None:
+    """Leaves on ``model`` what ``model.compile`` would, as the Trainer's own
+    objects: ``model.optimizer``, ``model.metrics``, the compiled loss (which a
+    model's ``compute_loss`` override reaches through ``super()``), and the
+    compile config, so a ``.keras`` file the model writes loads compiled."""
+    if not isinstance(model, KerasTrainer):
+        return  # a bare keras.Layer has no compile state
+    model.optimizer = optimizer
+    model._compile_loss = compile_loss
+    model._compile_metrics = compile_metrics
+    model._loss_tracker = loss_tracker
+    model.loss = loss
+    model.compiled = True
+    model.stop_training = False
+    model.run_eagerly = run_eagerly
+    model.steps_per_execution = steps_per_execution
+    model.jit_compile = jit_compile
+    model._compile_config = SerializableDict(
+        optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
+        loss_weights=loss_weights, run_eagerly=run_eagerly, steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile, auto_scale_loss=auto_scale_loss)
+
+
+def overrides(model: Any, name: str) -> bool:
+    """Whether ``model``'s class overrides Keras's ``Trainer.<name>`` (its
+    ``compute_loss`` or ``compute_metrics``, Keras's backend-neutral hooks)."""
+    if not isinstance(model, KerasTrainer):
+        return False
+    return getattr(type(model), name) is not getattr(KerasTrainer, name)

@@ -154,8 +154,12 @@ class LoopMixin:
         """Whether ``kind``'s step is the Trainer's own (only those get padded batches)."""
         base = next((c for c in type(self).__mro__
                      if c.__name__ == "Trainer" and c.__module__ == "loops._trainer"), None)
-        return base is not None and all(
-            getattr(type(self), name) is getattr(base, name) for name in _DEFAULT_METHODS[kind])
+        if base is None or any(getattr(type(self), name) is not getattr(base, name)
+                               for name in _DEFAULT_METHODS[kind]):
+            return False
+        from loops._keras_private import overrides  # a model's own compute_loss / compute_metrics
+
+        return not any(overrides(getattr(self, "model", None), name) for name in _DEFAULT_METHODS[kind][1:])
 
     def _plan(self, kind: str, source: DataSource) -> _Plan:
         """How each host batch of ``source`` is prepared for ``kind``'s step:

@@ -17,7 +17,7 @@ import keras
 import backends
 from loops import _checks, _debug, _distributed, _hooks, _nans, _padding, _traps
 from loops import optimizers as _optimizers
-from loops._keras_private import CompileLoss, CompileMetrics, pending_variables
+from loops._keras_private import CompileLoss, CompileMetrics, attach_compile_state, compute_output_spec, overrides, pending_variables
 from loops._loop import LoopMixin
 from loops._state import discover_variables, owned_objects
 from loops._weights import WeightsMixin
@@ -39,8 +39,10 @@ class _RecordingScope(keras.StatelessScope):
         super().add_update(update)
 
 
-def _build_only(optimizer: keras.optimizers.Optimizer) -> Callable[..., None]:
+def _build_only(optimizer: keras.optimizers.Optimizer, building: bool = False) -> Callable[..., None]:
     def apply(grads: Sequence[Any], trainable_variables: Sequence[keras.Variable] | None = None) -> None:
+        if building:
+            return  # the models are still being built: the variables are not all there yet
         if not optimizer.built:
             if trainable_variables is None:
                 raise ValueError(
@@ -233,6 +235,12 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
         self._compile_metrics = (CompileMetrics(metrics, weighted_metrics, output_names=output_names)
                                  if metrics is not None or weighted_metrics is not None else None)
         self._loss_tracker = keras.metrics.Mean(name="loss")
+        if model is not None:
+            attach_compile_state(
+                model, optimizer=opt, loss=loss, metrics=metrics, loss_weights=loss_weights,
+                weighted_metrics=weighted_metrics, compile_loss=self._compile_loss,
+                compile_metrics=self._compile_metrics, loss_tracker=self._loss_tracker, run_eagerly=run_eagerly,
+                steps_per_execution=steps_per_execution, jit_compile=jit_compile, auto_scale_loss=auto_scale_loss)
         self.jit_compile = jit_compile
         self.run_eagerly = run_eagerly
         self.steps_per_execution = steps_per_execution
@@ -248,7 +256,24 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
         self._step_fns: dict[str, Callable[[Any], Any]] = {}
         self._state: list[keras.Variable] = []
         self._in_first_step = False
+        self._building = False
         self._metrics_cache: list[keras.metrics.Metric] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        """What the trainer lacks, its model has: a callback's ``self.model``
+        is the trainer, and Keras callbacks (and users' own) read the model's
+        layers, variables and other attributes through it."""
+        if name.startswith("__") or name == "model":
+            raise AttributeError(name)
+        model = self.__dict__.get("model")
+        if model is not None:
+            try:
+                return getattr(model, name)
+            except AttributeError:
+                pass
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r}"
+            + (f", nor has its model {model.name!r}" if model is not None else ""))
 
     # ------------------------------------------------------------------ state
 
@@ -380,6 +405,9 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
         input_list = [] if inputs is None else list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         if input_list:
             _checks.check_inputs(input_list)
+        if self._building:  # the pass that builds unbuilt models: no gradients, nothing checked
+            out = fn(*input_list)
+            return out, [keras.ops.zeros_like(t) for t in [*variables, *input_list]]
         if not variables and not input_list:
             raise ValueError("value_and_grad needs something to differentiate: pass variables and/or inputs.")
 
@@ -397,7 +425,8 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
             checked, variables, inputs=input_list, has_aux=has_aux, state=state,
             detect_unused=self._in_first_step)
         _hooks.on_gradients(self, variables, out[0] if has_aux else out, grads)  # check(), debug_nans
-        _checks.check_no_gradient(variables, grads[:len(variables)])
+        if self._in_first_step:
+            _checks.check_no_gradient(variables, grads[:len(variables)])
         _checks.check_no_input_gradient(grads[len(variables):])
         return out, grads
 
@@ -447,6 +476,23 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
             return keras.ops.zeros(())
         return losses[0] if len(losses) == 1 else keras.ops.sum(keras.ops.stack(losses))
 
+    def _model_loss(self, x: Any, y: Any, y_pred: Any, sample_weight: Any, training: bool) -> Any:
+        """``compute_loss``: the model's own override if it has one (Keras's
+        backend-neutral customisation point), else the Trainer's."""
+        model = self.model
+        if type(self).compute_loss is Trainer.compute_loss and overrides(model, "compute_loss"):
+            if "training" in inspect.signature(model.compute_loss).parameters:
+                return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+            return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+        return self.compute_loss(x, y, y_pred, sample_weight, training=training)
+
+    def _model_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> dict[str, Any]:
+        model = self.model
+        if type(self).compute_metrics is Trainer.compute_metrics and overrides(model, "compute_metrics"):
+            model.compute_metrics(x, y, y_pred, sample_weight)
+            return self.get_metrics_result()
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
     def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> dict[str, Any]:
         del x
         if self._compile_metrics is not None and y is not None:
@@ -480,29 +526,36 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
 
         def loss_fn() -> tuple[Any, tuple[Any, Any]]:
             y_pred = self._call_model(x, training=True)
-            loss = self.compute_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight), training=True)
+            loss = self._model_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight), training=True)
             return optimizer.scale_loss(loss), (loss, y_pred)
 
-        with _padding.real_samples_only(pad, self._compile_loss):
-            (_, (loss, y_pred)), grads = self.value_and_grad(loss_fn, variables, has_aux=True)
-        if self._grad_norm_tracker is not None:  # clipping is on: log the norm before it
-            _optimizers.track_grad_norm(self._grad_norm_tracker, grads, optimizer)
-        with _debug.gradient_stats(self, grads, variables, optimizer):  # grad_diagnostics
-            optimizer.apply(grads, variables)
+        if not variables:  # Keras trains a frozen or weightless model too: loss and metrics, no update
+            if self._in_first_step:
+                warnings.warn(f"Model {self.model.name!r} has no trainable variables: fit() computes its "
+                              "loss and metrics but updates nothing.", stacklevel=3)
+            with _padding.real_samples_only(pad, self._compile_loss):
+                _, (loss, y_pred) = loss_fn()
+        else:
+            with _padding.real_samples_only(pad, self._compile_loss):
+                (_, (loss, y_pred)), grads = self.value_and_grad(loss_fn, variables, has_aux=True)
+            if self._grad_norm_tracker is not None:  # clipping is on: log the norm before it
+                _optimizers.track_grad_norm(self._grad_norm_tracker, grads, optimizer)
+            with _debug.gradient_stats(self, grads, variables, optimizer):  # grad_diagnostics
+                optimizer.apply(grads, variables)
         self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x) if pad is None else pad.count)
         if pad is not None:
             return pad.metrics(self, y, y_pred, sample_weight)
-        return self.compute_metrics(x, y, y_pred, sample_weight)
+        return self._model_metrics(x, y, y_pred, sample_weight)
 
     def test_step(self, batch: Any) -> dict[str, Any]:
         batch, pad = _padding.unwrap(batch)  # pad: set when the loop padded a ragged batch
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         y_pred = self._call_model(x, training=False)
         with _padding.real_samples_only(pad, self._compile_loss):
-            loss = self.compute_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight), training=False)
+            loss = self._model_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight), training=False)
         self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x) if pad is None else pad.count)
         logs = pad.metrics(self, y, y_pred, sample_weight) if pad is not None \
-            else self.compute_metrics(x, y, y_pred, sample_weight)
+            else self._model_metrics(x, y, y_pred, sample_weight)
         if self._grad_norm_tracker is not None:
             logs.pop(self._grad_norm_tracker.name, None)  # a training quantity: no val_grad_norm
         for name in _debug.training_only_logs(self):
@@ -525,10 +578,46 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
                 "fit() needs an optimizer: pass Trainer(model, optimizer='adam', ...) or set "
                 "trainer.optimizer = keras.optimizers.Adam(1e-3) before fit()."
             )
-        if not self.model.trainable_variables and self.model.built:
-            raise ValueError(f"Model {self.model.name!r} has no trainable variables to fit.")
 
-    def _first_step(self, step: Callable[[Any], Any], batch: Any) -> None:
+    def _unbuilt(self) -> list[keras.Layer]:
+        return [m for m in self.models
+                if not all(layer.built for layer in m._flatten_layers(include_self=True))]
+
+    def _build_models(self, step: Callable[[Any], Any], batch: Any, kind: str) -> None:
+        """Builds models that are still unbuilt (a subclassed ``keras.Model``,
+        a ``Sequential`` without ``keras.Input``) on the first batch, as
+        ``model.fit`` does, so that the step sees their variables.
+
+        The default steps' model is built symbolically (``compute_output_spec``
+        on the batch's shapes, Keras's own way: no computation); anything still
+        unbuilt after that (the models of a custom step) by one eager pass of
+        the step whose state changes are all discarded.
+        """
+        if not self._unbuilt():
+            return
+        if self.model is not None and self._uses_default(kind) and self.model in self._unbuilt():
+            data, _ = _padding.unwrap(batch)
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+            symbolic = keras.tree.map_structure(
+                lambda t: None if t is None else keras.KerasTensor(
+                    tuple(t.shape), keras.backend.standardize_dtype(t.dtype)), x)
+            compute_output_spec(self._call_model, symbolic, False)
+        if not self._unbuilt():
+            return
+        optimizers = self.optimizers
+        for opt in optimizers:
+            opt.apply = _build_only(opt, building=True)
+        self._building = True
+        try:
+            with self._engine.step_context(), keras.StatelessScope():
+                step(batch)
+        finally:
+            self._building = False
+            for opt in optimizers:
+                vars(opt).pop("apply", None)
+        self._metrics_cache = None
+
+    def _first_step(self, step: Callable[[Any], Any], batch: Any, kind: str = "train") -> None:
         """Runs ``step`` once eagerly with every state change discarded.
 
         It builds whatever is still unbuilt (model, compiled metrics, any
@@ -538,6 +627,7 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
         trainer cannot see (under jax.jit their updates would be lost).
         """
         _debug.prepare(self)  # grad_diagnostics' metric, before the state is collected
+        self._build_models(step, batch, kind)
         self._state = discover_variables(self)
         # The Trainer's optimizer options on every optimizer it holds (custom
         # steps' too), and the engine's adaptations, before anything builds.
@@ -590,7 +680,7 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
         jit = self._engine.resolve_jit_compile(self.jit_compile)
         if kind not in self._step_fns or self._runner_key != self._key(jit):
             self._sync()
-            self._first_step(step, self._engine.to_native(sample))
+            self._first_step(step, self._engine.to_native(sample), kind)
             key = self._key(jit)
             if key != self._runner_key:
                 self._runner = self._engine.make_runner(self._state)

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Proof on a GPU (issue 18): the core test files on jax and torch, then the
+# benchmark (Trainer.fit vs model.fit vs a native loop, with the loss gate,
+# a ResNet-style CNN at batch 256 among the workloads), in about 8 minutes.
+#
+#   bash benchmarks/gpu.sh          # on a CUDA machine: results in benchmarks/results/gpu.{md,json,png}
+#   bash benchmarks/gpu.sh --dry    # the same code path on CPU, tiny sizes, a smoke test selection
+#
+# Where keras is not installed and a folder .whl/ holds wheels (keras, namex,
+# optree for Python 3.12), they are installed under /tmp/site first (no
+# registry needed); the repository root on PYTHONPATH makes loops and backends
+# importable without `pip install -e`.
+# Logs and results are copied to $OUT when it is set (at most 8 files there).
+# Knobs (environment): GPU_BACKENDS (jax,torch), GPU_TESTS=0 / GPU_BENCH=0 to
+# skip a phase, GPU_TEST_CAP_S (240: the test phase is stopped after this),
+# GPU_BENCH_BUDGET_S (100 per backend: no workload starts after it),
+# GPU_WORKLOADS (resnet,tiny_mlp,mlp,cnn,gan), GPU_PRECISION (highest: TF32
+# off, or default), GPU_GATE_RTOL (1e-5), GPU_XDIST (3 pytest-xdist workers
+# per backend when xdist is installed; 0 for none).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DRY=0
+[[ "${1:-}" == "--dry" ]] && DRY=1
+BACKENDS=${GPU_BACKENDS:-jax,torch}
+PY=${PYTHON:-python3}
+START=$SECONDS
+LOGS=${OUT:-$(mktemp -d /tmp/gpu_sh.XXXXXX)}
+mkdir -p "$LOGS"
+RUNLOG=$LOGS/run.log
+say() { echo "[gpu.sh $((SECONDS - START))s] $*" | tee -a "$RUNLOG"; }
+
+# ---------------------------------------------------------------- set-up
+if [[ -d .whl ]] && ! "$PY" -c "import keras" 2>/dev/null; then
+  say "installing $(ls .whl/*.whl | wc -l) wheels from .whl/ under /tmp/site"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >>"$RUNLOG" 2>&1 || { say "wheel install failed"; tail -20 "$RUNLOG"; exit 2; }
+  export PYTHONPATH=/tmp/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}
+else
+  export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+# Tests and their subprocesses share the GPU: no process takes 75% of it up front.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+CUDA=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then CUDA=1; fi
+{
+  echo "dry=$DRY cuda=$CUDA backends=$BACKENDS python=$($PY -c 'import sys; print(sys.version.split()[0])')"
+  [[ $CUDA == 1 ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$PY" - <<'EOF'
+import importlib
+for name in ("keras", "jax", "jaxlib", "torch", "optax", "numpy", "optree", "ml_dtypes", "h5py", "sklearn",
+             "scipy", "pytest", "xdist", "matplotlib", "tensorflow"):
+    try:
+        m = importlib.import_module(name)
+        print(f"  {name} {getattr(m, '__version__', '?')}")
+    except Exception as e:  # noqa: BLE001 (a report, not a check)
+        print(f"  {name}: not importable ({type(e).__name__}: {str(e)[:80]})")
+try:
+    import jax
+    print("  jax devices:", jax.devices())
+except Exception as e:  # noqa: BLE001
+    print("  jax devices: error", e)
+try:
+    import torch
+    print("  torch cuda:", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+except Exception as e:  # noqa: BLE001
+    print("  torch cuda: error", e)
+EOF
+} 2>&1 | tee -a "$RUNLOG"
+if [[ $DRY == 0 && $CUDA == 0 ]]; then
+  say "no CUDA GPU here (nvidia-smi): use --dry on CPU"; exit 2
+fi
+
+status=0
+# ---------------------------------------------------------------- (1) tests
+FILES="tests/test_classic.py tests/test_parity.py tests/test_compiled_steps.py tests/test_features.py
+       tests/test_resume.py tests/test_steps_per_execution.py"
+if [[ "${GPU_TESTS:-1}" != 0 ]]; then
+  pids=()
+  have_tf=0
+  "$PY" -c "import tensorflow" 2>/dev/null && have_tf=1
+  for backend in ${BACKENDS//,/ }; do
+    args=(-q -p no:cacheprovider -rfEs --durations=15 --junitxml="$LOGS/junit-$backend.xml")
+    # A checkpoint continued on the next backend: torch's next is tensorflow, not on the GPU machine.
+    [[ $have_tf == 1 ]] ||
+      args+=(--deselect "tests/test_resume.py::test_checkpoint_continues_on_another_backend")
+    if [[ $DRY == 1 ]]; then
+      # CPU smoke: every file collects; a few quick tests, mixed precision among them.
+      args+=(-k "string_aliases or mixed_precision_trains or finished_run_is_not_trained")
+    elif [[ "${GPU_XDIST:-3}" != 0 ]] && "$PY" -c "import xdist" 2>/dev/null; then
+      args+=(-n "${GPU_XDIST:-3}")
+    fi
+    say "tests on $backend: pytest ${args[*]}"
+    # shellcheck disable=SC2086
+    KERAS_BACKEND=$backend timeout -s INT -k 30 "${GPU_TEST_CAP_S:-240}" \
+      "$PY" -m pytest "${args[@]}" $FILES >"$LOGS/tests-$backend.log" 2>&1 &
+    pids+=("$!:$backend")
+  done
+  for p in "${pids[@]}"; do   # the backends' suites run side by side (16 cores, one GPU)
+    wait "${p%%:*}"; rc=$?
+    backend=${p#*:}
+    [[ $rc == 0 ]] || status=1
+    say "tests on $backend: exit $rc ($([[ $rc == 124 || $rc == 130 ]] && echo 'stopped at the cap, ')$(tail -1 "$LOGS/tests-$backend.log"))"
+  done
+fi
+
+# ---------------------------------------------------------------- (2) benchmark
+if [[ "${GPU_BENCH:-1}" != 0 ]]; then
+  if [[ $DRY == 1 ]]; then
+    RESULTS=${GPU_RESULTS_DIR:-$LOGS}
+    mode=(--dry)
+  else
+    RESULTS=${GPU_RESULTS_DIR:-$ROOT/benchmarks/results}
+    mode=(--gpu --workloads "${GPU_WORKLOADS:-resnet,tiny_mlp,mlp,cnn,gan}" --budget-s "${GPU_BENCH_BUDGET_S:-100}")
+  fi
+  unset XLA_PYTHON_CLIENT_PREALLOCATE  # the benchmark has the GPU to itself
+  say "benchmark: python -m benchmarks ${mode[*]} --backends $BACKENDS"
+  "$PY" -m benchmarks "${mode[@]}" --backends "$BACKENDS" --out "$RESULTS" \
+    --precision "${GPU_PRECISION:-highest}" ${GPU_GATE_RTOL:+--gate-rtol "$GPU_GATE_RTOL"} >>"$RUNLOG" 2>&1
+  rc=$?
+  [[ $rc == 0 ]] || status=1
+  stem=$([[ $DRY == 1 ]] && echo gpu_dry || echo gpu)
+  say "benchmark: exit $rc"
+  cat "$RESULTS/$stem.md" 2>/dev/null || tail -40 "$RUNLOG"
+  if [[ -n "${OUT:-}" && "$RESULTS" != "$OUT" ]]; then
+    cp "$RESULTS/$stem".{md,json,png} "$OUT"/ 2>/dev/null || true
+  fi
+fi
+say "done: exit $status; logs in $LOGS"
+exit $status
