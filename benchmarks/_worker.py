@@ -38,7 +38,7 @@ NATIVE_GATE_STEPS = {"torch": 4}
 MODES: dict[str, dict[str, Any]] = {
     "full": dict(block_s=1.0, rounds=5, curve=60, pool=(256, 128), workloads="tiny_mlp,mlp,cnn,gan"),
     "quick": dict(block_s=0.2, rounds=3, curve=30, pool=(64, 32), workloads="tiny_mlp,mlp,cnn,gan"),
-    "gpu": dict(block_s=0.5, rounds=5, curve=60, pool=(256, 64), workloads="tiny_mlp,mlp,cnn,gan,resnet"),
+    "gpu": dict(block_s=0.5, rounds=5, curve=60, pool=(256, 64), workloads="resnet,tiny_mlp,mlp,cnn,gan"),
     "dry": dict(block_s=0.01, rounds=1, curve=10, pool=(32, 12), workloads="tiny_mlp,gan,resnet"),
 }
 RESNET_POOL = {"gpu": 32, "dry": 12}  # batches of 256 (dry: 8) images
@@ -50,7 +50,7 @@ def _workload(name: str, mode: str) -> W.Workload:
     return next(w for w in W.ALL if w.name == name)
 
 
-def _precision(mode: str, precision: str) -> str:
+def _precision(precision: str) -> str:
     """On a GPU, by default, full float32 matmuls and convolutions (no TF32)
     on jax and torch, so the loss gate's 1e-5 compares the arms' maths, not
     TF32's round-off; ``precision="default"`` keeps each engine's default."""
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     keras.utils.set_random_seed(0)
     extra: dict[str, Any] = {}
     if mode in ("gpu", "dry"):
-        extra = {"mode": mode, "precision": _precision(mode, args.precision), **_device()}
+        extra = {"mode": mode, "precision": _precision(args.precision), **_device()}
     block_s, n_rounds, curve = settings["block_s"], settings["rounds"], settings["curve"]
     results: dict[str, Any] = {}
     skipped: list[str] = []

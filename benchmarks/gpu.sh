@@ -16,7 +16,8 @@
 # GPU_BENCH_BUDGET_S (100 per backend: no workload starts after it),
 # GPU_WORKLOADS (resnet,tiny_mlp,mlp,cnn,gan), GPU_PRECISION (highest: TF32
 # off, or default), GPU_GATE_RTOL (1e-5), GPU_XDIST (3 pytest-xdist workers
-# per backend when xdist is installed; 0 for none).
+# per backend when xdist is installed; 0 for none), GPU_TEST_TF32 (0: the
+# tests run with TF32 off, as their float32 tolerances assume; 1: engine defaults).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,6 +26,8 @@ DRY=0
 BACKENDS=${GPU_BACKENDS:-jax,torch}
 PY=${PYTHON:-python3}
 START=$SECONDS
+# keras imports tensorflow under its default backend: the checks below use the first of ours.
+export KERAS_BACKEND=${BACKENDS%%,*}
 LOGS=${OUT:-$(mktemp -d /tmp/gpu_sh.XXXXXX)}
 mkdir -p "$LOGS"
 RUNLOG=$LOGS/run.log
@@ -68,7 +71,10 @@ except Exception as e:  # noqa: BLE001
     print("  torch cuda: error", e)
 EOF
 } 2>&1 | tee -a "$RUNLOG"
-if [[ $DRY == 0 && $CUDA == 0 ]]; then
+if ! "$PY" -c "import keras, loops" >>"$RUNLOG" 2>&1; then
+  say "keras or loops does not import (run.log says why)"; tail -5 "$RUNLOG"; exit 2
+fi
+if [[ $DRY == 0 && $CUDA == 0 && "${GPU_FORCE:-0}" == 0 ]]; then  # GPU_FORCE=1: the real run's path on CPU
   say "no CUDA GPU here (nvidia-smi): use --dry on CPU"; exit 2
 fi
 
@@ -78,6 +84,11 @@ FILES="tests/test_classic.py tests/test_parity.py tests/test_compiled_steps.py t
        tests/test_resume.py tests/test_steps_per_execution.py"
 if [[ "${GPU_TESTS:-1}" != 0 ]]; then
   pids=()
+  if [[ "${GPU_TEST_TF32:-0}" == 0 ]]; then
+    # The tests compare against float64 NumPy replays at float32 tolerances:
+    # TF32 matmuls/convolutions (jax's GPU default; torch's for cuDNN) are off.
+    export JAX_DEFAULT_MATMUL_PRECISION=highest NVIDIA_TF32_OVERRIDE=0
+  fi
   have_tf=0
   "$PY" -c "import tensorflow" 2>/dev/null && have_tf=1
   for backend in ${BACKENDS//,/ }; do
@@ -114,7 +125,8 @@ if [[ "${GPU_BENCH:-1}" != 0 ]]; then
     RESULTS=${GPU_RESULTS_DIR:-$ROOT/benchmarks/results}
     mode=(--gpu --workloads "${GPU_WORKLOADS:-resnet,tiny_mlp,mlp,cnn,gan}" --budget-s "${GPU_BENCH_BUDGET_S:-100}")
   fi
-  unset XLA_PYTHON_CLIENT_PREALLOCATE  # the benchmark has the GPU to itself
+  # The benchmark has the GPU to itself; its precision is --precision's.
+  unset XLA_PYTHON_CLIENT_PREALLOCATE JAX_DEFAULT_MATMUL_PRECISION NVIDIA_TF32_OVERRIDE
   say "benchmark: python -m benchmarks ${mode[*]} --backends $BACKENDS"
   "$PY" -m benchmarks "${mode[@]}" --backends "$BACKENDS" --out "$RESULTS" \
     --precision "${GPU_PRECISION:-highest}" ${GPU_GATE_RTOL:+--gate-rtol "$GPU_GATE_RTOL"} >>"$RUNLOG" 2>&1

@@ -63,29 +63,22 @@ def _pack(x: Any, y: Any, sample_weight: Any) -> Any:
 
 
 def _class_weights(class_weight: dict[int, float], y: Any) -> np.ndarray:
-    """Per-sample weights from a ``{class: weight}`` dict and host labels."""
+    """Per-sample weights from a ``{class: weight}`` dict and host labels, as
+    Keras computes them: classes the dict does not list weigh 1.0; one-hot
+    (or probability) labels count as their argmax class."""
     if keras.tree.is_nested(y):
         raise ValueError(
             "class_weight is only supported for models with a single output; "
             "for several outputs pass sample_weight per output instead."
         )
     y = np.asarray(y)
-    table = np.asarray([class_weight[k] for k in range(max(class_weight) + 1)], dtype="float32")
-    if y.ndim == 2 and y.shape[1] > 1:
-        if y.shape[1] != len(table):
-            raise ValueError(
-                f"class_weight has weights for {len(table)} classes (0..{len(table) - 1}), but the "
-                f"labels are one-hot of width {y.shape[1]}. Give one weight per class: keys "
-                f"0..{y.shape[1] - 1}.")
-        classes = np.argmax(y, axis=1)  # one-hot labels
-    else:
-        classes = np.round(y.reshape(len(y))).astype(np.int64)
-    if classes.size and (classes.min() < 0 or classes.max() >= len(table)):
-        raise ValueError(
-            f"class_weight has weights for classes 0..{len(table) - 1}, but the labels "
-            f"contain class {int(classes.max())}. Give a weight for every class."
-        )
-    return table[classes]
+    if y.ndim > 1:
+        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else np.squeeze(y, axis=-1)
+    classes = np.round(y.reshape(len(y))).astype(np.int64)
+    weights = np.ones(len(classes), dtype=keras.backend.floatx())
+    for cls, weight in class_weight.items():
+        weights[classes == int(cls)] = weight
+    return weights
 
 
 def _validate_class_weight(class_weight: Any) -> None:
@@ -93,11 +86,9 @@ def _validate_class_weight(class_weight: Any) -> None:
         return
     if not isinstance(class_weight, dict) or not class_weight:
         raise ValueError(f"class_weight must be a non-empty dict {{class_index: weight}}, got {class_weight!r}.")
-    keys = sorted(class_weight)
-    if keys != list(range(len(keys))):
-        raise ValueError(
-            f"class_weight must have keys 0..{len(keys) - 1} (one per class), got keys {keys}."
-        )
+    bad = [k for k in class_weight if isinstance(k, bool) or not isinstance(k, (int, np.integer))]
+    if bad:
+        raise ValueError(f"class_weight's keys must be integer class indices, got {bad!r}.")
 
 
 class DataSource:
@@ -160,6 +151,7 @@ class ArraySource(DataSource):
         self._pass = 0  # passes started
         self._skip = 0  # batches to skip at the start of the next pass (resume)
         self._stream: Iterator[Any] | None = None
+        self._left = 0
 
     def split(self, fraction: float) -> tuple[ArraySource, ArraySource]:
         """Keras's ``validation_split``: the last ``fraction`` of the samples,
@@ -216,10 +208,25 @@ class ArraySource(DataSource):
             yield from self._one_pass()
             return
         # With an explicit step count the position carries over between
-        # epochs, reshuffling at each pass through the data (as Keras does).
+        # epochs, as in Keras: an epoch takes up to `steps` batches of the
+        # current pass through the data and ends early where the pass ends;
+        # the next epoch starts a new (reshuffled) pass.
         if self._stream is None:
-            self._stream = itertools.chain.from_iterable(self._one_pass() for _ in itertools.count())
-        yield from itertools.islice(self._stream, steps)
+            self._left = self.num_batches - self._skip  # batches left in this pass
+            self._stream = self._one_pass()
+        drawn = 0
+        while drawn < steps and self._left > 0:
+            batch = next(self._stream)
+            self._left -= 1
+            drawn += 1
+            yield batch
+        if drawn < steps:
+            warnings.warn(
+                f"The data ran out after {drawn} of steps_per_epoch={steps} batches: this epoch ends "
+                f"early (the arrays hold {self.num_batches} batches of {self.batch_size}). Keras does "
+                "the same; pass steps_per_epoch <= the number of batches, or None.", stacklevel=2)
+        if self._left == 0:
+            self._stream = None  # the next epoch starts a new pass
 
 
 class IterableSource(DataSource):

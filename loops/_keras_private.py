@@ -14,6 +14,7 @@ from keras.src.backend import compute_output_spec
 from keras.src.backend.common import global_state
 from keras.src.saving.serialization_lib import SerializableDict
 from keras.src.trainers.trainer import Trainer as KerasTrainer
+from keras.src.utils.tracking import DotNotTrackScope
 from keras.src.trainers.compile_utils import CompileLoss, CompileMetrics
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
@@ -62,6 +63,9 @@ def metrics_take_sample_weight(compile_metrics: CompileMetrics | None) -> bool:
     for leaf in keras.tree.flatten(user):
         if isinstance(leaf, keras.metrics.Metric) and not type(leaf).__module__.startswith("keras."):
             return False
+        if callable(leaf) and not isinstance(leaf, (str, keras.metrics.Metric)) \
+                and not getattr(leaf, "__module__", "").startswith(("keras.src.metrics.", "keras.src.losses.")):
+            return False  # a function of the user's may return one value per batch, not per sample
     return True
 
 
@@ -98,6 +102,16 @@ def attach_compile_state(model: Any, *, optimizer: Any, loss: Any, metrics: Any,
     compile config, so a ``.keras`` file the model writes loads compiled."""
     if not isinstance(model, KerasTrainer):
         return  # a bare keras.Layer has no compile state
+    with DotNotTrackScope():  # as model.compile: these are not the model's own metrics
+        _attach(model, optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=loss_weights,
+                weighted_metrics=weighted_metrics, compile_loss=compile_loss, compile_metrics=compile_metrics,
+                loss_tracker=loss_tracker, run_eagerly=run_eagerly, steps_per_execution=steps_per_execution,
+                jit_compile=jit_compile, auto_scale_loss=auto_scale_loss)
+
+
+def _attach(model: Any, *, optimizer: Any, loss: Any, metrics: Any, loss_weights: Any, weighted_metrics: Any,
+            compile_loss: Any, compile_metrics: Any, loss_tracker: Any, run_eagerly: bool,
+            steps_per_execution: int, jit_compile: Any, auto_scale_loss: bool) -> None:
     model.optimizer = optimizer
     model._compile_loss = compile_loss
     model._compile_metrics = compile_metrics

@@ -95,6 +95,24 @@ def _same_shape_groups(batches: Iterator[Any], k: int) -> Iterator[list[Any]]:
         yield group
 
 
+def _capped_epochs(epochs: int) -> int:
+    """``keras.config.set_max_epochs``: a global cap, as ``model.fit`` honours it."""
+    cap = keras.config.max_epochs()
+    if cap and cap < epochs:
+        warnings.warn(f"Limiting epochs to {cap} (keras.config.max_epochs()).", stacklevel=3)
+        return int(cap)
+    return epochs
+
+
+def _capped_steps(steps: int | None) -> int | None:
+    """``keras.config.set_max_steps_per_epoch``: caps every pass's batches."""
+    cap = keras.config.max_steps_per_epoch()
+    if cap and (not steps or cap < steps):
+        warnings.warn(f"Limiting steps_per_epoch to {cap} (keras.config.max_steps_per_epoch()).", stacklevel=3)
+        return int(cap)
+    return steps
+
+
 def _should_eval(epoch: int, validation_freq: Any) -> bool:
     epoch += 1
     if isinstance(validation_freq, int):
@@ -172,8 +190,8 @@ class LoopMixin:
         size: int
         if isinstance(source, ArraySource):
             size = int(source.batch_size or 1)
-            if source.n % size == 0:
-                return _unchanged  # no ragged batch: the batches go as they are
+            if source.n % size == 0 or source.n < size:
+                return _unchanged  # no ragged batch (or only one batch): the batches go as they are
         else:
             size = _padding.rows(sample)  # a stream's first batch sets the size
         if kind == "predict":
@@ -255,7 +273,8 @@ class LoopMixin:
                 if progress is not None:
                     progress.after_step(last - first + 1, logs)
                 if batch_hooks:
-                    end(offset + last, logs)
+                    # As Keras: an execution of k steps ends at first + k - 1, a short last one too.
+                    end(offset + first + self.steps_per_execution - 1, logs)
                 if progress is not None:
                     progress.check_signal()  # SIGTERM: checkpoint this step and exit
                 if getattr(self, stop_flag):
@@ -316,6 +335,8 @@ class LoopMixin:
             raise ValueError(f"validation_freq must be a positive int or a list of epochs, got {validation_freq!r}.")
         for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
             _check_steps(name, value)
+        epochs = _capped_epochs(epochs)
+        steps_per_epoch, validation_steps = _capped_steps(steps_per_epoch), _capped_steps(validation_steps)
         ckpt = Checkpointer(checkpoint_dir, checkpoint_every, keep) if checkpoint_dir is not None else None
         self._check_can_train()
 
@@ -401,6 +422,8 @@ class LoopMixin:
                                         seed=self.seed, check_inputs=check_inputs)
                 cbs.on_epoch_begin(epoch)
                 remaining = steps_per_epoch - progress.step if steps_per_epoch else None
+                if remaining and k > 1:  # as Keras: whole executions of k batches (ceil(steps / k) of them)
+                    remaining = -(-remaining // k) * k
                 logs = self._run_batches("train", train_fn, self._executions(train, remaining, k, train_plan),
                                          cbs, batch_hooks, progress)
                 if logs is None and progress.step > 0:
@@ -481,6 +504,7 @@ class LoopMixin:
         """
         verbose = _resolve_verbose(verbose)
         _check_steps("steps", steps)
+        steps = _capped_steps(steps)
         source = make_source(x, y, sample_weight, batch_size=batch_size, check_inputs=check_inputs)
         _require_steps(source, steps, "steps")
         plan = self._plan("test", source)
@@ -491,8 +515,58 @@ class LoopMixin:
             self._sync()
         if return_dict:
             return logs
-        values = list(logs.values())
+        return self._flatten_logs(logs)
+
+    def _flatten_logs(self, logs: dict[str, Any]) -> Any:
+        """Logs as a list in ``metrics`` order, then the rest by name (a
+        float if only one), as Keras returns them without ``return_dict``."""
+        names: list[str] = []
+        for metric in getattr(self, "metrics", []):
+            subs = getattr(metric, "metrics", None) if hasattr(metric, "_flat_metrics") else None
+            names.extend(m.name for m in subs) if subs is not None else names.append(metric.name)
+        values = [logs[n] for n in names if n in logs] + [logs[k] for k in sorted(logs) if k not in names]
         return values[0] if len(values) == 1 else values
+
+    # ------------------------------------------------------- single batches
+
+    def _one_batch(self, kind: str, x: Any, y: Any = None, sample_weight: Any = None,
+                   class_weight: Any = None) -> Any:
+        """Runs ``kind``'s step on ``(x, y, sample_weight)`` as one batch, as
+        Keras's ``*_on_batch`` do (metrics are not reset between calls)."""
+        if class_weight is not None and sample_weight is not None:
+            raise ValueError("Arguments `sample_weight` and `class_weight` cannot be specified at the same time.")
+        self.reset_metrics()  # each call reports its own batch, as in Keras
+        rows = _padding.rows(x)
+        source = make_source(x, y, sample_weight, batch_size=max(rows, 1), class_weight=class_weight)
+        fn = self._step_fn(kind, source.peek())
+        out = None
+        try:
+            for _, _, batch, _ in self._executions(source, 1, 1):
+                out = fn(batch)
+        finally:
+            self._sync()
+        return out
+
+    @_distributed.in_replica_scope
+    def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, class_weight: Any = None,
+                       return_dict: bool = False) -> Any:
+        """One gradient update on one batch; arguments and result as
+        ``keras.Model.train_on_batch`` (the loss and metrics so far)."""
+        self._check_can_train()
+        logs = _host_logs(self._one_batch("train", x, y, sample_weight, class_weight))
+        return logs if return_dict else self._flatten_logs(logs)
+
+    @_distributed.in_replica_scope
+    def test_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, return_dict: bool = False) -> Any:
+        """Loss and metrics on one batch, as ``keras.Model.test_on_batch``."""
+        logs = _host_logs(self._one_batch("test", x, y, sample_weight))
+        return logs if return_dict else self._flatten_logs(logs)
+
+    @_distributed.in_replica_scope
+    def predict_on_batch(self, x: Any) -> Any:
+        """The model's outputs on one batch, as NumPy arrays."""
+        out = self._one_batch("predict", x)
+        return keras.tree.map_structure(keras.ops.convert_to_numpy, out)
 
     @_distributed.in_replica_scope
     def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto", steps: int | None = None,
@@ -500,6 +574,7 @@ class LoopMixin:
         """Model outputs for ``x`` as NumPy arrays (same structure as the outputs)."""
         verbose = _resolve_verbose(verbose)
         _check_steps("steps", steps)
+        steps = _capped_steps(steps)
         source = make_source(x, batch_size=batch_size)
         _require_steps(source, steps, "steps")
         plan = self._plan("predict", source)
@@ -510,16 +585,31 @@ class LoopMixin:
         try:
             cbs.on_predict_begin()
             executions = self._executions(source, steps, 1, plan)
+            k = self.steps_per_execution  # as Keras: the batch hooks fire once per k batches
+            window: list[Any] = []
+
+            def end_window(first: int) -> None:
+                out = window[0] if len(window) == 1 else keras.tree.map_structure(
+                    lambda *parts: np.concatenate(parts, axis=0), *window)
+                cbs.on_predict_batch_end(first + k - 1, {"outputs": out})
+                window.clear()
+
             try:
                 for first, _, batch, real in executions:
-                    cbs.on_predict_batch_begin(first)
+                    if first % k == 0:
+                        cbs.on_predict_batch_begin(first)
                     out = predict_fn(batch)
                     if real is not None:  # drop the rows that pad a ragged batch
                         out = keras.tree.map_structure(lambda t, n=real: t[:n], out)
-                    outputs.append(keras.tree.map_structure(keras.ops.convert_to_numpy, out))
-                    cbs.on_predict_batch_end(first, {"outputs": out})
+                    host = keras.tree.map_structure(keras.ops.convert_to_numpy, out)
+                    outputs.append(host)
+                    window.append(host)
+                    if first % k == k - 1:
+                        end_window(first - k + 1)
                     if self.stop_predicting:
                         break
+                if window:
+                    end_window(len(outputs) - len(window))
             finally:
                 executions.close()
             cbs.on_predict_end()

@@ -235,7 +235,7 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
         self._compile_metrics = (CompileMetrics(metrics, weighted_metrics, output_names=output_names)
                                  if metrics is not None or weighted_metrics is not None else None)
         self._loss_tracker = keras.metrics.Mean(name="loss")
-        if model is not None:
+        if model is not None and (opt is not None or loss is not None or metrics is not None):
             attach_compile_state(
                 model, optimizer=opt, loss=loss, metrics=metrics, loss_weights=loss_weights,
                 weighted_metrics=weighted_metrics, compile_loss=self._compile_loss,
@@ -452,7 +452,10 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
         if self._compile_loss is not None and y is not None:
             if self._in_first_step:
                 if not self._compile_loss.built:
-                    self._compile_loss.build(y, y_pred)
+                    try:
+                        self._compile_loss.build(y, y_pred)
+                    except (KeyError, ValueError, TypeError):
+                        pass  # Keras fits y to the loss's structure first (loss=["mse", None]): its call builds
                 _checks.check_loss_shapes(self._compile_loss, y, y_pred)
                 _traps.check_values(self, self._compile_loss, y, y_pred)  # label range, from_logits
             loss = self._compile_loss(y, y_pred, sample_weight)

@@ -49,6 +49,9 @@ def _routed_compile(self, optimizer="rmsprop", loss=None, loss_weights=None, met
 
 def _trainer_of(model, what):
     trainer = model.__dict__.get("_loops_trainer")
+    if trainer is None and what in ("predict", "predict_on_batch"):
+        trainer = loops.Trainer(model)  # predicting needs no compile(), in Keras as here
+        object.__setattr__(model, "_loops_trainer", trainer)
     if trainer is None:
         raise ValueError(f"You must call `compile()` before using the model ({what}).")
     return trainer

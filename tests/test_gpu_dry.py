@@ -1,0 +1,32 @@
+"""``benchmarks/gpu.sh --dry`` on this backend: the GPU proof's script runs on
+CPU at tiny sizes (a smoke selection of the core tests, then the benchmark's
+GPU mode with the ResNet-style workload), its loss gates hold and it writes
+the report (the real run, on a CUDA machine, is ``bash benchmarks/gpu.sh``)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import BACKEND
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_gpu_sh_dry_runs_the_tests_and_the_gpu_benchmark(tmp_path):
+    env = dict(os.environ, GPU_BACKENDS=BACKEND, OUT=str(tmp_path), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu.sh"), "--dry"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert f"tests on {BACKEND}: exit 0" in proc.stdout, proc.stdout[-4000:]
+    with open(tmp_path / "gpu_dry.json") as f:
+        (result,) = json.load(f)["results"]
+    assert result["backend"] == BACKEND and result["mode"] == "dry"
+    assert set(result["workloads"]) == {"tiny_mlp", "gan", "resnet"}
+    for name, wl in result["workloads"].items():
+        assert wl["gate"]["ok"], (name, wl["gate"]["max_rel"])
+        assert all(v > 0 for v in wl["ms_per_step"].values()), name
+    assert set(result["workloads"]["resnet"]["ms_per_step"]) == {"trainer", "keras", "native"}
+    assert "| resnet (b8) |" in (tmp_path / "gpu_dry.md").read_text()
+    assert (tmp_path / f"junit-{BACKEND}.xml").exists() and (tmp_path / "run.log").exists()
+    assert len(os.listdir(tmp_path)) <= 8  # what the device tool brings back from $OUT
