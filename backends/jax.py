@@ -186,10 +186,20 @@ def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
         raise errors[0]
 
 
+def _sparse_to_jax(batch: Any) -> Any:
+    """SciPy / tf.SparseTensor leaves as jax BCOO (Keras's sparse input on jax)."""
+    from loops._keras_private import is_sparse, sparse_to_jax
+
+    leaves = keras.tree.flatten(batch)
+    if not any(is_sparse(leaf) and not isinstance(leaf, jax.Array) for leaf in leaves):
+        return batch
+    return keras.tree.map_structure(lambda t: sparse_to_jax(t) if is_sparse(t) else t, batch)
+
+
 def to_native(batch: Any) -> Any:
     # Steps see jax arrays (as on the other engines they see their tensors);
     # on the prefetch thread, so the copy overlaps the running step.
-    return jax.device_put(batch)
+    return jax.device_put(_sparse_to_jax(batch))
 
 
 @functools.cache
@@ -204,7 +214,7 @@ def to_step_input(batch: Any) -> Any:
     # on the prefetch thread, to overlap the running step.
     if _cpu_only() and all(isinstance(leaf, (np.ndarray, jax.Array)) for leaf in jax.tree_util.tree_leaves(batch)):
         return batch
-    return jax.device_put(batch)
+    return jax.device_put(_sparse_to_jax(batch))
 
 
 def step_context() -> contextlib.AbstractContextManager[None]:

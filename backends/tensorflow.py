@@ -100,8 +100,18 @@ def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
     fn(*[t.numpy() if hasattr(t, "numpy") else t for t in tensors])
 
 
+def _tensor(value: Any) -> Any:
+    from loops._keras_private import is_sparse, sparse_to_tf
+
+    if value is None:
+        return None
+    if is_sparse(value):  # SciPy / jax BCOO as tf.SparseTensor (Keras's sparse input on tensorflow)
+        return sparse_to_tf(value)
+    return tf.convert_to_tensor(value)
+
+
 def to_native(batch: Any) -> Any:
-    return tf.nest.map_structure(tf.convert_to_tensor, batch)
+    return keras.tree.map_structure(_tensor, batch)
 
 
 def to_step_input(batch: Any) -> Any:

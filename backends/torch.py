@@ -154,6 +154,14 @@ _SAME_DTYPES = {np.dtype(d) for d in ("float16", "float32", "float64", "int8", "
 def _tensor(value: Any) -> Any:
     if value is None:
         return None
+    if not isinstance(value, np.ndarray):
+        from loops._keras_private import is_sparse
+
+        if is_sparse(value):
+            raise ValueError(
+                f"Sparse inputs ({type(value).__module__}.{type(value).__name__}) are not supported on the "
+                "torch backend (Keras's model.fit does not take them there either). Densify them first "
+                "(x.toarray() for SciPy, tf.sparse.to_dense, bcoo.todense()), or train on jax or tensorflow.")
     if not isinstance(value, np.ndarray) or value.dtype not in _SAME_DTYPES:
         return keras.ops.convert_to_tensor(value)
     # A fresh array (a shuffled batch) is wrapped without a copy; a view of

@@ -52,8 +52,10 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then 
   [[ $CUDA == 1 ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$PY" - <<'EOF'
 import importlib
+import importlib.util
+print("  tensorflow:", "installed (not used)" if importlib.util.find_spec("tensorflow") else "absent")
 for name in ("keras", "jax", "jaxlib", "torch", "optax", "numpy", "optree", "ml_dtypes", "h5py", "sklearn",
-             "scipy", "pytest", "xdist", "matplotlib", "tensorflow"):
+             "scipy", "pytest", "xdist", "matplotlib"):
     try:
         m = importlib.import_module(name)
         print(f"  {name} {getattr(m, '__version__', '?')}")
@@ -90,11 +92,11 @@ if [[ "${GPU_TESTS:-1}" != 0 ]]; then
     export JAX_DEFAULT_MATMUL_PRECISION=highest NVIDIA_TF32_OVERRIDE=0
   fi
   have_tf=0
-  "$PY" -c "import tensorflow" 2>/dev/null && have_tf=1
+  "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is None)" && have_tf=1
   for backend in ${BACKENDS//,/ }; do
     args=(-q -p no:cacheprovider -rfEs --durations=15 --junitxml="$LOGS/junit-$backend.xml")
     # A checkpoint continued on the next backend: torch's next is tensorflow, not on the GPU machine.
-    [[ $have_tf == 1 ]] ||
+    [[ $backend == torch && $have_tf == 0 ]] &&
       args+=(--deselect "tests/test_resume.py::test_checkpoint_continues_on_another_backend")
     if [[ $DRY == 1 ]]; then
       # CPU smoke: every file collects; a few quick tests, mixed precision among them.
@@ -113,6 +115,7 @@ if [[ "${GPU_TESTS:-1}" != 0 ]]; then
     backend=${p#*:}
     [[ $rc == 0 ]] || status=1
     say "tests on $backend: exit $rc ($([[ $rc == 124 || $rc == 130 ]] && echo 'stopped at the cap, ')$(tail -1 "$LOGS/tests-$backend.log"))"
+    grep -E "^(FAILED|ERROR) " "$LOGS/tests-$backend.log" | head -25 | cut -c1-300
   done
 fi
 

@@ -11,6 +11,7 @@ Example:
 
 from loops import optimizers
 from loops._check import CheckReport
+from loops._checks import UnusedVariableWarning
 from loops._checkpoint import Checkpoint, CheckpointError, latest_checkpoint
 from loops._distributed import data_parallel
 from loops._nans import NonFiniteError, NonFiniteReport
@@ -32,6 +33,7 @@ __all__ = [
     "OptimizerGroup",
     "RetraceWarning",
     "Trainer",
+    "UnusedVariableWarning",
     "__version__",
     "clip_by_global_norm",
     "data_parallel",

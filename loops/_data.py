@@ -28,15 +28,19 @@ def _leaves(tree: Any) -> list[Any]:
     return [] if tree is None else keras.tree.flatten(tree)
 
 
-def _to_numpy(leaf: Any) -> np.ndarray:
+def _to_numpy(leaf: Any) -> Any:
     if isinstance(leaf, np.ndarray):
         return leaf
+    from loops._keras_private import is_sparse, sparse_to_host
+
+    if is_sparse(leaf):  # kept sparse, as Keras keeps it (the engine converts it for the step)
+        return sparse_to_host(leaf)
     if hasattr(leaf, "detach") and hasattr(leaf, "cpu"):  # a torch tensor
         leaf = leaf.detach().cpu()
-    if type(leaf).__name__ in ("RaggedTensor", "SparseTensor"):
+    if type(leaf).__name__ == "RaggedTensor":
         raise ValueError(
-            f"Got a {type(leaf).__name__} in the data; batches must be dense arrays. Convert it "
-            "first (e.g. ragged.to_tensor() or tf.sparse.to_dense) or pad to a fixed shape.")
+            f"Got a {type(leaf).__name__} in the data; batches must be dense (or sparse) arrays. Convert "
+            "it first (ragged.to_tensor()) or pad to a fixed shape.")
     return np.asarray(leaf)
 
 
@@ -405,7 +409,7 @@ def check_finite(tree: Any, where: str) -> None:
     """``check_inputs=True``: NaN or Inf in any float leaf is an error."""
     for path, leaf in _paths(tree):
         arr = np.asarray(leaf)
-        if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
+        if isinstance(arr, np.ndarray) and arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
             bad: Any = np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)).ravel() if arr.ndim else []
             what = "NaN" if np.isnan(arr).any() else "Inf"
             raise ValueError(

@@ -15,10 +15,12 @@ from keras.src.backend.common import global_state
 from keras.src.saving.serialization_lib import SerializableDict
 from keras.src.trainers.trainer import Trainer as KerasTrainer
 from keras.src.utils.tracking import DotNotTrackScope
+from keras.src.trainers import compile_utils as _compile_utils
 from keras.src.trainers.compile_utils import CompileLoss, CompileMetrics
+from keras.src.trainers.data_adapters import data_adapter_utils as _adapter_utils
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-__all__ = ["CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
+__all__ = ["is_sparse", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
            "attach_compile_state", "overrides", "losses_average_over_batch", "metrics_take_sample_weight",
            "pending_variables",
            "update_metrics_masked"]
@@ -134,3 +136,43 @@ def overrides(model: Any, name: str) -> bool:
     if not isinstance(model, KerasTrainer):
         return False
     return getattr(type(model), name) is not getattr(KerasTrainer, name)
+
+
+# --- sparse inputs: SciPy matrices, tf.SparseTensor, jax BCOO (Keras's converters)
+def is_sparse(value: Any) -> bool:
+    return bool(_adapter_utils.is_scipy_sparse(value) or _adapter_utils.is_tensorflow_sparse(value)
+                or _adapter_utils.is_jax_sparse(value))
+
+
+def sparse_to_host(value: Any) -> Any:
+    """A 2-D sparse leaf as a SciPy CSR matrix (rows can be sliced into
+    batches); other ranks stay as they are."""
+    import scipy.sparse
+
+    if _adapter_utils.is_scipy_sparse(value):
+        return value.tocsr()
+    if len(value.shape) != 2:
+        return value
+    import numpy as np
+
+    if _adapter_utils.is_tensorflow_sparse(value):
+        indices, data = np.asarray(value.indices), np.asarray(value.values)
+    else:  # jax BCOO
+        indices, data = np.asarray(value.indices), np.asarray(value.data)
+    return scipy.sparse.coo_matrix((data, (indices[:, 0], indices[:, 1])), shape=tuple(value.shape)).tocsr()
+
+
+def sparse_to_jax(value: Any) -> Any:
+    if _adapter_utils.is_scipy_sparse(value):
+        return _adapter_utils.scipy_sparse_to_jax_sparse(value)
+    if _adapter_utils.is_tensorflow_sparse(value):
+        return _adapter_utils.tf_sparse_to_jax_sparse(value)
+    return value
+
+
+def sparse_to_tf(value: Any) -> Any:
+    if _adapter_utils.is_scipy_sparse(value):
+        return _adapter_utils.scipy_sparse_to_tf_sparse(value)
+    if _adapter_utils.is_jax_sparse(value):
+        return _adapter_utils.jax_sparse_to_tf_sparse(value)
+    return value

@@ -187,11 +187,15 @@ class LoopMixin:
             check_input_names(self.model, keras.utils.unpack_x_y_sample_weight(sample)[0])
         if not self.pad_ragged_batches or not self._uses_default(kind):
             return _unchanged
+        from loops._keras_private import is_sparse
+
+        if any(is_sparse(leaf) for leaf in keras.tree.flatten(sample)):
+            return _unchanged  # sparse rows are not padded
         size: int
         if isinstance(source, ArraySource):
             size = int(source.batch_size or 1)
-            if source.n % size == 0 or source.n < size:
-                return _unchanged  # no ragged batch (or only one batch): the batches go as they are
+            if source.n % size == 0:
+                return _unchanged  # no ragged batch: the batches go as they are
         else:
             size = _padding.rows(sample)  # a stream's first batch sets the size
         if kind == "predict":

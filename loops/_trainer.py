@@ -17,7 +17,7 @@ import keras
 import backends
 from loops import _checks, _debug, _distributed, _hooks, _nans, _padding, _traps
 from loops import optimizers as _optimizers
-from loops._keras_private import CompileLoss, CompileMetrics, attach_compile_state, compute_output_spec, overrides, pending_variables
+from loops._keras_private import CompileLoss, CompileMetrics, attach_compile_state, compute_output_spec, is_sparse, overrides, pending_variables
 from loops._loop import LoopMixin
 from loops._state import discover_variables, owned_objects
 from loops._weights import WeightsMixin
@@ -603,7 +603,7 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
             x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
             symbolic = keras.tree.map_structure(
                 lambda t: None if t is None else keras.KerasTensor(
-                    tuple(t.shape), keras.backend.standardize_dtype(t.dtype)), x)
+                    tuple(t.shape), keras.backend.standardize_dtype(t.dtype), sparse=is_sparse(t)), x)
             compute_output_spec(self._call_model, symbolic, False)
         if not self._unbuilt():
             return

@@ -110,8 +110,17 @@ def test_sample_weight_and_class_weight_match_keras():
         ref.compile(keras.optimizers.SGD(0.1), SCE, metrics=["accuracy"])
         hk = ref.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, **kwargs)
         np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5)
-    with pytest.raises(ValueError, match="keys 0..1"):
-        _trainer().fit(x, y, class_weight={0: 1.0, 2: 3.0}, verbose=0)
+    # A dict that lists only some classes: the others weigh 1.0, as in Keras.
+    partial = {0: 0.5, 2: 3.0}
+    ours = _trainer()
+    h = ours.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, class_weight=partial)
+    ref = classic_mlp()
+    ref.set_weights(_trainer().model.get_weights())
+    ref.compile(keras.optimizers.SGD(0.1), SCE, metrics=["accuracy"])
+    hk = ref.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, class_weight=partial)
+    np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="integer class indices"):
+        _trainer().fit(x, y, class_weight={"cat": 1.0}, verbose=0)
 
 
 def test_shuffle_order_is_seeded_and_backend_independent():

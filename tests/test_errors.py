@@ -2,8 +2,11 @@
 (the weights are checked unchanged afterwards)."""
 
 import keras
+from keras import ops
 import numpy as np
 import pytest
+
+import loops
 
 from conftest import classic_mlp
 from loops import Trainer
@@ -71,7 +74,27 @@ def test_trainable_variable_without_gradient_is_named():
     model = WithDeadLayer()
     model.build((None, 8, 8))
     t = Trainer(model, "adam", SCE)
-    _untouched(t, lambda: t.fit(x, y, verbose=0), r"No gradient reaches.*unused/kernel.*not used in the loss")
+    with pytest.warns(loops.UnusedVariableWarning, match=r"No gradient reaches.*unused/kernel.*not used in the loss"):
+        t.fit(x, y, verbose=0)
+
+
+class _Detached(keras.Model):
+    """The loss reaches none of its variables (the output ignores them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(10)
+
+    def call(self, x):
+        self.dense(ops.reshape(x, (-1, 64)))
+        return ops.zeros((ops.shape(x)[0], 10)) + ops.mean(x)
+
+
+def test_no_variable_reached_by_the_loss_is_an_error():
+    x, y = _data()
+    t = Trainer(_Detached(), "adam", SCE)
+    with pytest.raises(ValueError, match=r"No gradient reaches any of the trainable variables"):
+        t.fit(x, y, verbose=0)
 
 
 @pytest.mark.parametrize("split", [-0.1, 1.0, 1.5, "0.2"])
@@ -167,13 +190,19 @@ def test_infinite_source_without_steps():
     assert t.predict(ds.map(lambda a, b: a), steps=2, verbose=0).shape == (32, 10)
 
 
-def test_class_weight_with_one_hot_labels_of_the_wrong_width():
+def test_class_weight_dict_leaving_classes_out_weighs_them_one():
     x, y = _data()
     t = Trainer(classic_mlp(), "adam", keras.losses.CategoricalCrossentropy(from_logits=True))
     onehot = keras.utils.to_categorical(y, 10)
-    _untouched(t, lambda: t.fit(x, onehot, class_weight={0: 1.0, 1: 2.0, 2: 1.0}, verbose=0),
-               r"weights for 3 classes.*one-hot of width 10.*keys 0..9")
-    t.fit(x, onehot, class_weight={k: 1.0 for k in range(10)}, verbose=0)  # the right width trains
+    # As Keras: classes the dict leaves out weigh 1.0 (one-hot labels count as their argmax).
+    start = t.get_weights()
+    h = t.fit(x, onehot, class_weight={0: 1.0, 1: 2.0, 2: 1.0}, shuffle=False, verbose=0)
+    full = Trainer(classic_mlp(), "adam", keras.losses.CategoricalCrossentropy(from_logits=True))
+    full.set_weights(start)
+    hf = full.fit(x, onehot, class_weight={k: 2.0 if k == 1 else 1.0 for k in range(10)}, shuffle=False, verbose=0)
+    np.testing.assert_allclose(h.history["loss"], hf.history["loss"], rtol=1e-6)
+    with pytest.raises(ValueError, match="non-empty dict"):
+        t.fit(x, onehot, class_weight={}, verbose=0)
 
 
 def test_nan_or_inf_with_check_inputs():

@@ -1,0 +1,294 @@
+"""Keras's behaviour is the contract: wherever ``model.fit`` trains, the
+Trainer trains, with the same results. Each test runs the same thing through
+``keras.Model.compile``/``fit`` and through ``loops.Trainer`` on the current
+backend and compares them (``bash .ci/run`` runs this file on all three).
+
+The whole of Keras's own trainer and callback tests runs against the Trainer
+in ``scripts/keras_conformance.sh`` (``tests/conformance``).
+"""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import loops
+from conftest import BACKEND
+from loops import Trainer
+
+INIT = dict(kernel_initializer=keras.initializers.GlorotUniform(seed=1), bias_initializer="zeros")
+
+
+def _data(n=100, d=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = rng.integers(0, classes, size=(n,)).astype("int32")
+    return x, y
+
+
+class Subclassed(keras.Model):
+    """A subclassed model: unbuilt until its first call."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(16, activation="relu", **INIT)
+        self.out = keras.layers.Dense(3, **INIT)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def _sequential_without_input():
+    return keras.Sequential([keras.layers.Dense(16, activation="relu", **INIT), keras.layers.Dense(3, **INIT)])
+
+
+SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _both(make_model, fit_kwargs=None, compile_kwargs=None, data=None):
+    """History and final weights of model.fit and of Trainer.fit, each on a
+    fresh, unbuilt model from ``make_model``."""
+    x, y = data or _data()
+    fit_kwargs = dict(batch_size=32, epochs=2, shuffle=False, verbose=0, **(fit_kwargs or {}))
+    compile_kwargs = compile_kwargs or {}
+    ref = make_model()
+    ref.compile(keras.optimizers.SGD(0.1), compile_kwargs.get("loss", SCE), metrics=["accuracy"])
+    hk = ref.fit(x, y, **fit_kwargs)
+    model = make_model()
+    t = Trainer(model, keras.optimizers.SGD(0.1), compile_kwargs.get("loss", SCE), metrics=["accuracy"])
+    h = t.fit(x, y, **fit_kwargs)
+    return (hk, ref), (h, t)
+
+
+@pytest.mark.parametrize("make_model", [Subclassed, _sequential_without_input], ids=["subclassed", "sequential"])
+def test_unbuilt_models_train_as_model_fit_trains_them(make_model):
+    x, y = _data()
+    assert not make_model().built
+    (hk, ref), (h, t) = _both(make_model, {"validation_split": 0.2})
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(h.history[key], hk.history[key], rtol=1e-5, atol=1e-6)
+    for a, b in zip(ref.get_weights(), t.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t.predict(x, verbose=0), ref.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_unbuilt_model_evaluates_and_predicts_before_fit():
+    x, y = _data()
+    ref, model = Subclassed(), Subclassed()
+    ref.compile(loss=SCE, metrics=["accuracy"])
+    t = Trainer(model, loss=SCE, metrics=["accuracy"])
+    assert t.evaluate(x, y, return_dict=True, verbose=0) == pytest.approx(
+        ref.evaluate(x, y, return_dict=True, verbose=0), rel=1e-6)
+    np.testing.assert_allclose(Trainer(Subclassed()).predict(x, verbose=0), Subclassed().predict(x, verbose=0),
+                               rtol=1e-6)
+
+
+class _UnbuiltStep(Trainer):
+    """A custom step over a model that is built only by its first call."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.opt = net, keras.optimizers.SGD(0.1)
+
+    def train_step(self, batch):
+        x, y = batch
+
+        def loss_fn():
+            return SCE(y, self.net(x, training=True))
+
+        loss, grads = self.value_and_grad(loss_fn, self.net.trainable_variables)
+        self.opt.apply(grads, self.net.trainable_variables)
+        return {"loss": loss}
+
+
+def test_custom_step_over_an_unbuilt_model_trains_as_over_a_built_one():
+    x, y = _data()
+    lazy = _UnbuiltStep(_sequential_without_input())
+    h_lazy = lazy.fit(x, y, batch_size=25, epochs=2, shuffle=False, verbose=0)
+    built_net = _sequential_without_input()
+    built_net.build((None, 6))
+    built = _UnbuiltStep(built_net)
+    h_built = built.fit(x, y, batch_size=25, epochs=2, shuffle=False, verbose=0)
+    np.testing.assert_allclose(h_lazy.history["loss"], h_built.history["loss"], rtol=1e-6)
+    assert int(ops.convert_to_numpy(lazy.opt.iterations)) == 8  # the building pass updated nothing
+
+
+def test_frozen_model_is_evaluated_not_refused():
+    def frozen():
+        m = Subclassed()
+        m.build((None, 6))
+        m.trainable = False
+        return m
+
+    with pytest.warns(UserWarning, match="no trainable variables"):
+        (hk, ref), (h, t) = _both(frozen)
+    np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-6)
+    for a, b in zip(ref.get_weights(), t.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+class _WithCounter(Subclassed):
+    """A trainable variable the loss never reaches (a counter made with add_weight)."""
+
+    def build(self, shape):
+        super().build(shape)
+        self.calls = self.add_weight(shape=(), initializer="zeros", name="calls")
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_variable_the_loss_does_not_reach_trains_the_rest_with_a_warning():
+    with pytest.warns(loops.UnusedVariableWarning, match="calls"):
+        (hk, ref), (h, t) = _both(_WithCounter)
+    np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5)
+    for a, b in zip(ref.get_weights(), t.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _HuberLoss(Subclassed):
+    """Keras's backend-neutral customisation point: compute_loss, with super()."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        base = super().compute_loss(x, y, y_pred, sample_weight, training)
+        return base + 0.01 * ops.mean(ops.square(y_pred))
+
+
+def test_model_compute_loss_override_is_used():
+    (hk, ref), (h, t) = _both(_HuberLoss, {"validation_split": 0.2})
+    plain = _both(Subclassed)[1][0]
+    np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(h.history["val_loss"], hk.history["val_loss"], rtol=1e-5)
+    assert not np.allclose(h.history["loss"], plain.history["loss"])  # the override changed the loss
+    for a, b in zip(ref.get_weights(), t.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_callbacks_reach_the_models_attributes():
+    seen = {}
+
+    class Reads(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen["hidden"] = self.model.hidden  # a layer attribute of the model
+            seen["units"] = self.model.out.units
+            seen["count"] = self.model.count_params()
+
+    x, y = _data()
+    model = Subclassed()
+    Trainer(model, "sgd", SCE).fit(x, y, epochs=1, verbose=0, callbacks=[Reads()])
+    assert seen == {"hidden": model.hidden, "units": 3, "count": model.count_params()}
+    with pytest.raises(AttributeError, match="nor has its model"):
+        Trainer(model, "sgd", SCE).no_such_attribute
+
+
+def test_scalar_metric_function_on_a_ragged_last_batch():
+    x, y = _data(70)
+    zero = lambda y_true, y_pred: 0.0  # noqa: E731  (one value per batch, not per sample)
+    ref = Subclassed()
+    ref.compile("sgd", SCE, metrics=[zero])
+    t = Trainer(Subclassed(), "sgd", SCE, metrics=[zero])
+    ours = t.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+    theirs = ref.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
+    assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+def test_partial_loss_list_with_one_label_array():
+    inputs = keras.Input((2,))
+    out = keras.layers.Dense(3, kernel_initializer="ones")(inputs)
+    x, y = np.ones((32, 2), "float32"), np.ones((32, 3), "float32")
+    partial = Trainer(keras.Model(inputs, [out, out, out]), loss=["mse", None, None])
+    full = keras.Model(inputs, [out, out, out])
+    full.compile(loss=["mse", "mse", "mse"])
+    ours = partial.evaluate(x, y, return_dict=True, verbose=0)
+    assert ours["loss"] * 3 == pytest.approx(full.evaluate(x, [y] * 3, return_dict=True, verbose=0)["loss"])
+
+
+def test_on_batch_methods_match_keras():
+    x, y = _data(40)
+    sw = np.linspace(0.5, 1.5, 40).astype("float32")
+    ref = Subclassed()
+    ref.compile(keras.optimizers.SGD(0.1), SCE, metrics=["accuracy"])
+    t = Trainer(Subclassed(), keras.optimizers.SGD(0.1), SCE, metrics=["accuracy"])
+    for kwargs in ({}, {"sample_weight": sw}, {"class_weight": {0: 2.0}}):
+        assert t.train_on_batch(x, y, **kwargs) == pytest.approx(ref.train_on_batch(x, y, **kwargs), rel=1e-5)
+    assert t.train_on_batch(x, y, return_dict=True) == pytest.approx(
+        ref.train_on_batch(x, y, return_dict=True), rel=1e-5)
+    assert t.test_on_batch(x, y, sample_weight=sw) == pytest.approx(ref.test_on_batch(x, y, sample_weight=sw),
+                                                                    rel=1e-5)
+    np.testing.assert_allclose(t.predict_on_batch(x), ref.predict_on_batch(x), rtol=1e-5, atol=1e-6)
+    assert t.optimizer.iterations is not None and int(ops.convert_to_numpy(t.optimizer.iterations)) == 4
+
+
+def test_predict_batch_hooks_fire_once_per_execution():
+    class Hooks(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.begin, self.end, self.rows = [], [], []
+
+        def on_predict_batch_begin(self, batch, logs=None):
+            self.begin.append(batch)
+
+        def on_predict_batch_end(self, batch, logs=None):
+            self.end.append(batch)
+            self.rows.append(len(logs["outputs"]))
+
+    x, _ = _data(70)
+    t = Trainer(Subclassed(), steps_per_execution=3)
+    ref = Subclassed()
+    ref.compile(steps_per_execution=3)
+    ours, theirs = Hooks(), Hooks()
+    out = t.predict(x, batch_size=10, verbose=0, callbacks=[ours])  # 7 batches: executions 0-2, 3-5, 6
+    ref.predict(x, batch_size=10, verbose=0, callbacks=[theirs])
+    assert ours.begin == theirs.begin == [0, 3, 6]
+    assert ours.end == theirs.end == [2, 5, 8]
+    assert ours.rows == [30, 30, 10] and out.shape == (70, 3)
+
+
+def test_keras_file_written_through_the_trainer_loads_compiled(tmp_path):
+    x, y = _data()
+    t = Trainer(Subclassed(), keras.optimizers.Adam(1e-2), SCE, metrics=["accuracy"])
+    t.fit(x, y, epochs=2, verbose=0)
+    path = os.fspath(tmp_path / "model.keras")
+    t.save(path)
+    loaded = keras.models.load_model(path, custom_objects={"Subclassed": Subclassed})
+    assert loaded.compiled and isinstance(loaded.optimizer, keras.optimizers.Adam)
+    assert int(ops.convert_to_numpy(loaded.optimizer.iterations)) == int(ops.convert_to_numpy(t.optimizer.iterations))
+    for a, b in zip(loaded.optimizer.variables, t.optimizer.variables):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    assert loaded.evaluate(x, y, return_dict=True, verbose=0) == pytest.approx(
+        t.evaluate(x, y, return_dict=True, verbose=0), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["scipy", "tf", "jax"])
+def test_sparse_inputs_train_where_keras_trains_them(kind):
+    import scipy.sparse
+
+    rng = np.random.default_rng(0)
+    dense = (rng.random((64, 6)) * (rng.random((64, 6)) < 0.3)).astype("float32")
+    y = rng.integers(0, 3, size=(64,)).astype("int32")
+    if kind == "scipy":
+        x = scipy.sparse.csr_matrix(dense)
+    elif kind == "tf":
+        import tensorflow as tf
+
+        x = tf.sparse.from_dense(dense)
+    else:
+        from jax.experimental import sparse as jax_sparse
+
+        x = jax_sparse.BCOO.fromdense(dense)
+    t = Trainer(_sequential_without_input(), keras.optimizers.SGD(0.1), SCE)
+    if BACKEND == "torch":  # Keras's torch backend takes no sparse inputs either
+        with pytest.raises(ValueError, match="Sparse inputs.*not supported on the torch backend.*toarray"):
+            t.fit(x, y, batch_size=16, verbose=0)
+        return
+    h = t.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    ref = Trainer(_sequential_without_input(), keras.optimizers.SGD(0.1), SCE)
+    hd = ref.fit(dense, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    np.testing.assert_allclose(h.history["loss"], hd.history["loss"], rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_allclose(t.predict(x, batch_size=16, verbose=0), ref.predict(dense, batch_size=16,
+                                                                                        verbose=0), rtol=1e-5)
