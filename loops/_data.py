@@ -469,7 +469,9 @@ def make_source(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size:
     batches_in_a_list = isinstance(x, list) and bool(x) and all(isinstance(e, tuple) for e in x)
     is_stream = (_is_tf_dataset(x) or _is_torch_dataloader(x) or isinstance(x, keras.utils.PyDataset)
                  or batches_in_a_list)
-    if not is_stream and (isinstance(x, _ARRAY_TYPES) or hasattr(x, "__array__")):
+    from loops._keras_private import is_sparse
+
+    if not is_stream and (isinstance(x, _ARRAY_TYPES) or hasattr(x, "__array__") or is_sparse(x)):
         source = ArraySource(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
                              class_weight=class_weight, seed=seed)
         if check_inputs:

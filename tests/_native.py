@@ -78,12 +78,13 @@ def _torch(model, batches, lr):
     import torch
 
     params = [v.value for v in model.trainable_variables]
+    device = params[0].device  # the GPU's where Keras put the model there
     m = [torch.zeros_like(p) for p in params]
     s = [torch.zeros_like(p) for p in params]
     losses = []
     for t, (x, y) in enumerate(batches, start=1):
-        logits = model(torch.as_tensor(x), training=True)
-        loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(y).long())
+        logits = model(torch.as_tensor(x, device=device), training=True)
+        loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(y, device=device).long())
         grads = torch.autograd.grad(loss, params)
         alpha = _alpha(lr, t)
         with torch.no_grad():

@@ -235,4 +235,6 @@ def test_torch_replay_executors_match_eager(monkeypatch, replay):
     _assert_same(compiled, eager, rtol=1e-6)
     graphs = list(compiled[0]._step_fns["train"].graphs.values())
     assert len(graphs) == 1
-    assert isinstance(graphs[0], torch.fx.GraphModule) == (replay == "fx")
+    if replay == "fx" or not torch.cuda.is_available():
+        # (on CUDA the executor race may keep FX code: it measured faster on an H200)
+        assert isinstance(graphs[0], torch.fx.GraphModule) == (replay == "fx")

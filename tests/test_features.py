@@ -226,7 +226,9 @@ def test_mixed_precision_trains_like_float32_and_like_keras(data, policy, name):
     keras_model = mlp()
     keras_model.compile(keras.optimizers.SGD(LR), "mse")
     keras_model.fit(data[0], data[1], batch_size=16, epochs=3, shuffle=False, verbose=0)
-    assert_weights_close(model, keras_model, tol=2e-3)
+    # bfloat16 keeps 8 bits of mantissa (one ulp is 3.9e-3 relative): GPU kernels that sum in another
+    # order part from Keras's by about one ulp (0.0023 seen on an H200), float16 (11 bits) by less.
+    assert_weights_close(model, keras_model, tol=2e-3 if name == "mixed_float16" else 5e-3)
 
 
 def test_mixed_float16_custom_step_with_its_own_loss_scale_optimizer(data, policy):
