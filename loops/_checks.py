@@ -132,3 +132,58 @@ def check_no_input_gradient(grads: Sequence[Any]) -> None:
             f"The loss does not depend on input(s) {missing} given to value_and_grad(inputs=...): "
             "use the argument fn receives, not the original tensor, inside fn."
         )
+
+
+def explain_string_inputs(batch: Any, error: BaseException) -> None:
+    """Raises a ValueError naming the input when ``error`` (an engine's own,
+    from the first step) came from string features the model cannot take.
+    A model that takes strings (``TextVectorization``/``StringLookup`` on
+    tensorflow, as in Keras) never gets here: its first step succeeds."""
+    import numpy as np
+
+    from loops import _padding
+
+    batch, _ = _padding.unwrap(batch)
+    strings = []
+    for path, leaf in keras.tree.flatten_with_path(batch):
+        dtype = getattr(leaf, "dtype", None)
+        kind = getattr(np.dtype(dtype), "kind", "") if isinstance(dtype, np.dtype) else ""
+        if kind in ("U", "S", "O") or str(dtype) in ("<dtype: 'string'>", "string"):
+            strings.append((path, dtype))
+    if not strings:
+        return
+    def name(path: tuple[Any, ...]) -> str:
+        if isinstance(batch, tuple) and path and isinstance(path[0], int) and path[0] < 3:
+            head, rest = ("x", "y", "sample_weight")[path[0]], path[1:]
+        else:
+            head, rest = "x", path
+        return head + "".join(f"[{k!r}]" for k in rest)
+
+    where = ", ".join(f"{name(p)} (dtype {d})" for p, d in strings)
+    raise ValueError(
+        f"The data holds strings: {where}, and the model cannot take them as numbers "
+        f"({type(error).__name__}: {str(error).splitlines()[0][:160]}). Encode them first: map them to "
+        "integer ids or floats before fit(), or (on tensorflow) put keras.layers.StringLookup / "
+        "TextVectorization at the model's input.") from error
+
+
+def check_callbacks(callbacks: Any) -> None:
+    """Every callback must be a ``keras.callbacks.Callback`` (before any work)."""
+    if callbacks is None or isinstance(callbacks, keras.callbacks.CallbackList):
+        return
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks must be a list of keras.callbacks.Callback, got {type(callbacks).__name__}.")
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, keras.callbacks.Callback):
+            raise TypeError(
+                f"callbacks[{i}] is a {type(cb).__name__} ({cb!r:.60}), not a keras.callbacks.Callback. "
+                "Subclass keras.callbacks.Callback (or use keras.callbacks.LambdaCallback) and pass an instance.")
+
+
+def check_validation_data(validation_data: Any) -> None:
+    if isinstance(validation_data, (tuple, list)) and not 2 <= len(validation_data) <= 3 \
+            and not all(isinstance(e, tuple) for e in validation_data):
+        raise ValueError(
+            f"validation_data must be (x_val, y_val) or (x_val, y_val, val_sample_weight), got a "
+            f"{type(validation_data).__name__} of {len(validation_data)} element(s). Without labels there is "
+            "no validation loss: pass the labels too, or a dataset/generator yielding (x, y) batches.")

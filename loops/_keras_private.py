@@ -176,3 +176,14 @@ def sparse_to_tf(value: Any) -> Any:
     if _adapter_utils.is_jax_sparse(value):
         return _adapter_utils.jax_sparse_to_tf_sparse(value)
     return value
+
+
+def set_model_optimizer(model: Any, optimizer: Any) -> None:
+    """The optimizer chosen after construction (Keras's default RMSprop), on
+    a model whose compile state the Trainer holds."""
+    if isinstance(model, KerasTrainer) and getattr(model, "compiled", False):
+        with DotNotTrackScope():
+            model.optimizer = optimizer
+        config = getattr(model, "_compile_config", None)
+        if config is not None:
+            config.config["optimizer"] = optimizer

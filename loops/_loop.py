@@ -14,7 +14,7 @@ from typing import Any, Callable, Generator, Iterator
 import keras
 import numpy as np
 
-from loops import _distributed, _padding
+from loops import _checks, _distributed, _padding
 from loops._checkpoint import Checkpointer
 from loops._data import ArraySource, DataSource, check_input_names, make_source
 from loops._prefetch import Inline, Prefetcher
@@ -341,6 +341,8 @@ class LoopMixin:
             _check_steps(name, value)
         epochs = _capped_epochs(epochs)
         steps_per_epoch, validation_steps = _capped_steps(steps_per_epoch), _capped_steps(validation_steps)
+        _checks.check_callbacks(callbacks)
+        _checks.check_validation_data(validation_data)
         ckpt = Checkpointer(checkpoint_dir, checkpoint_every, keep) if checkpoint_dir is not None else None
         self._check_can_train()
 
@@ -508,6 +510,7 @@ class LoopMixin:
         """
         verbose = _resolve_verbose(verbose)
         _check_steps("steps", steps)
+        _checks.check_callbacks(callbacks)
         steps = _capped_steps(steps)
         source = make_source(x, y, sample_weight, batch_size=batch_size, check_inputs=check_inputs)
         _require_steps(source, steps, "steps")
@@ -578,6 +581,7 @@ class LoopMixin:
         """Model outputs for ``x`` as NumPy arrays (same structure as the outputs)."""
         verbose = _resolve_verbose(verbose)
         _check_steps("steps", steps)
+        _checks.check_callbacks(callbacks)
         steps = _capped_steps(steps)
         source = make_source(x, batch_size=batch_size)
         _require_steps(source, steps, "steps")

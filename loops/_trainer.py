@@ -17,7 +17,7 @@ import keras
 import backends
 from loops import _checks, _debug, _distributed, _hooks, _nans, _padding, _traps
 from loops import optimizers as _optimizers
-from loops._keras_private import CompileLoss, CompileMetrics, attach_compile_state, compute_output_spec, is_sparse, overrides, pending_variables
+from loops._keras_private import CompileLoss, CompileMetrics, attach_compile_state, compute_output_spec, is_sparse, set_model_optimizer, overrides, pending_variables
 from loops._loop import LoopMixin
 from loops._state import discover_variables, owned_objects
 from loops._weights import WeightsMixin
@@ -577,10 +577,11 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
         if self.model is None:
             raise ValueError("fit() needs a model: pass Trainer(model, optimizer=..., loss=...).")
         if self._optimizer is None:
-            raise ValueError(
-                "fit() needs an optimizer: pass Trainer(model, optimizer='adam', ...) or set "
-                "trainer.optimizer = keras.optimizers.Adam(1e-3) before fit()."
-            )
+            # As model.compile(loss=...): Keras's default optimizer is RMSprop.
+            opt = keras.optimizers.get("rmsprop")
+            _optimizers.configure(opt, self._optimizer_options)
+            self.optimizer = opt
+            set_model_optimizer(self.model, opt)
 
     def _unbuilt(self) -> list[keras.Layer]:
         return [m for m in self.models
@@ -683,7 +684,11 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
         jit = self._engine.resolve_jit_compile(self.jit_compile)
         if kind not in self._step_fns or self._runner_key != self._key(jit):
             self._sync()
-            self._first_step(step, self._engine.to_native(sample), kind)
+            try:
+                self._first_step(step, self._engine.to_native(sample), kind)
+            except Exception as e:
+                _checks.explain_string_inputs(sample, e)  # raises a clear error if strings were the cause
+                raise
             key = self._key(jit)
             if key != self._runner_key:
                 self._runner = self._engine.make_runner(self._state)

@@ -33,10 +33,19 @@ def test_x_y_length_mismatch():
     _untouched(t, lambda: t.fit(x, y[:50], verbose=0), r"x has 64 samples, y has 50 samples")
 
 
-def test_fit_without_optimizer():
+def test_fit_without_optimizer_uses_keras_default_rmsprop():
     x, y = _data()
-    t = Trainer(classic_mlp(), loss=SCE)
-    _untouched(t, lambda: t.fit(x, y, verbose=0), r"needs an optimizer.*optimizer='adam'")
+    start = classic_mlp().get_weights()
+    model = classic_mlp()
+    model.set_weights(start)
+    t = Trainer(model, loss=SCE)
+    h = t.fit(x, y, shuffle=False, verbose=0)
+    assert isinstance(t.optimizer, keras.optimizers.RMSprop)
+    ref = classic_mlp()
+    ref.set_weights(start)
+    ref.compile(loss=SCE)  # Keras's default optimizer, "rmsprop"
+    hk = ref.fit(x, y, shuffle=False, verbose=0)
+    np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("loss,labels,match", [
@@ -78,7 +87,7 @@ def test_trainable_variable_without_gradient_is_named():
         t.fit(x, y, verbose=0)
 
 
-class _Detached(keras.Model):
+class DetachedModel(keras.Model):
     """The loss reaches none of its variables (the output ignores them)."""
 
     def __init__(self):
@@ -92,7 +101,7 @@ class _Detached(keras.Model):
 
 def test_no_variable_reached_by_the_loss_is_an_error():
     x, y = _data()
-    t = Trainer(_Detached(), "adam", SCE)
+    t = Trainer(DetachedModel(), "adam", SCE)
     with pytest.raises(ValueError, match=r"No gradient reaches any of the trainable variables"):
         t.fit(x, y, verbose=0)
 
@@ -217,3 +226,29 @@ def test_nan_or_inf_with_check_inputs():
     with pytest.raises(ValueError, match="NaN"):
         t.evaluate(x, y, sample_weight=np.where(np.arange(64) == 7, np.nan, 1.0), check_inputs=True, verbose=0)
     t.fit(bad, y, verbose=0)  # off by default: Keras trains on it
+
+
+def test_string_features_get_a_clear_error_on_every_backend(tmp_path):
+    x = np.array([["a", "b"], ["c", "d"]] * 8)
+    y = np.zeros((16, 1), "float32")
+    t = Trainer(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), "sgd", "mse")
+    with pytest.raises(ValueError, match=r"The data holds strings: x \(dtype <U1\).*Encode them first"):
+        t.fit(x, y, verbose=0, checkpoint_dir=tmp_path / "ckpt")
+    assert not any((tmp_path / "ckpt").glob("*")) if (tmp_path / "ckpt").exists() else True
+
+
+def test_a_callback_that_is_not_one_is_refused_before_any_step():
+    x, y = _data()
+    t = Trainer(classic_mlp(), "adam", SCE)
+    for call in (lambda: t.fit(x, y, verbose=0, callbacks=[keras.callbacks.History(), object()]),
+                 lambda: t.evaluate(x, y, verbose=0, callbacks=[object()]),
+                 lambda: t.predict(x, verbose=0, callbacks=[object()])):
+        _untouched(t, call, r"callbacks\[\d\] is a object.*not a keras.callbacks.Callback", exc=TypeError)
+    assert not t.optimizer.built  # nothing ran
+
+
+def test_validation_data_without_labels_is_refused():
+    x, y = _data()
+    t = Trainer(classic_mlp(), "adam", SCE)
+    _untouched(t, lambda: t.fit(x, y, verbose=0, validation_data=(x,)),
+               r"validation_data must be \(x_val, y_val\).*1 element")

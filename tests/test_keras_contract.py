@@ -86,7 +86,7 @@ def test_unbuilt_model_evaluates_and_predicts_before_fit():
                                rtol=1e-6)
 
 
-class _UnbuiltStep(Trainer):
+class UnbuiltStep(Trainer):
     """A custom step over a model that is built only by its first call."""
 
     def __init__(self, net):
@@ -106,11 +106,11 @@ class _UnbuiltStep(Trainer):
 
 def test_custom_step_over_an_unbuilt_model_trains_as_over_a_built_one():
     x, y = _data()
-    lazy = _UnbuiltStep(_sequential_without_input())
+    lazy = UnbuiltStep(_sequential_without_input())
     h_lazy = lazy.fit(x, y, batch_size=25, epochs=2, shuffle=False, verbose=0)
     built_net = _sequential_without_input()
     built_net.build((None, 6))
-    built = _UnbuiltStep(built_net)
+    built = UnbuiltStep(built_net)
     h_built = built.fit(x, y, batch_size=25, epochs=2, shuffle=False, verbose=0)
     np.testing.assert_allclose(h_lazy.history["loss"], h_built.history["loss"], rtol=1e-6)
     assert int(ops.convert_to_numpy(lazy.opt.iterations)) == 8  # the building pass updated nothing
@@ -130,7 +130,7 @@ def test_frozen_model_is_evaluated_not_refused():
         np.testing.assert_array_equal(a, b)
 
 
-class _WithCounter(Subclassed):
+class WithCounter(Subclassed):
     """A trainable variable the loss never reaches (a counter made with add_weight)."""
 
     def build(self, shape):
@@ -143,13 +143,13 @@ class _WithCounter(Subclassed):
 
 def test_variable_the_loss_does_not_reach_trains_the_rest_with_a_warning():
     with pytest.warns(loops.UnusedVariableWarning, match="calls"):
-        (hk, ref), (h, t) = _both(_WithCounter)
+        (hk, ref), (h, t) = _both(WithCounter)
     np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5)
     for a, b in zip(ref.get_weights(), t.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-class _HuberLoss(Subclassed):
+class WithExtraLoss(Subclassed):
     """Keras's backend-neutral customisation point: compute_loss, with super()."""
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -158,7 +158,7 @@ class _HuberLoss(Subclassed):
 
 
 def test_model_compute_loss_override_is_used():
-    (hk, ref), (h, t) = _both(_HuberLoss, {"validation_split": 0.2})
+    (hk, ref), (h, t) = _both(WithExtraLoss, {"validation_split": 0.2})
     plain = _both(Subclassed)[1][0]
     np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5)
     np.testing.assert_allclose(h.history["val_loss"], hk.history["val_loss"], rtol=1e-5)

@@ -77,3 +77,34 @@ def test_private_hooks_the_backends_rely_on_still_exist():
     before = v._value
     v.assign([1.0, 2.0])
     assert v._value is not before or keras.backend.backend() != "jax"  # a new array on jax
+
+
+def test_compile_state_internals_used_for_the_keras_contract():
+    """attach_compile_state writes the attributes Keras's Trainer.compile
+    writes (the model's metrics, compute_loss and saving read them)."""
+    import keras
+
+    assert issubclass(keras.Model, _keras_private.KerasTrainer)
+    compile_src = inspect.getsource(_keras_private.KerasTrainer.compile)
+    for attr in ("self._compile_loss", "self._compile_metrics", "self._loss_tracker", "self._compile_config",
+                 "self.compiled", "self.optimizer"):
+        assert attr in compile_src, attr
+    assert "_compile_config" in inspect.getsource(_keras_private.KerasTrainer.get_compile_config)
+    with _keras_private.DotNotTrackScope():
+        pass
+    assert _keras_private.SerializableDict(a=1).config == {"a": 1}
+    assert callable(_keras_private.compute_output_spec)
+    m = keras.Sequential([keras.layers.Dense(2)])
+    assert _keras_private.overrides(m, "compute_loss") is False
+
+
+def test_sparse_converters_used_for_sparse_inputs():
+    import numpy as np
+    import scipy.sparse
+
+    x = scipy.sparse.random(4, 3, density=0.5, format="csr", dtype="float32", random_state=0)
+    assert _keras_private.is_sparse(x) and not _keras_private.is_sparse(np.zeros(3))
+    np.testing.assert_array_equal(_keras_private.sparse_to_host(x).toarray(), x.toarray())
+    for name in ("scipy_sparse_to_tf_sparse", "scipy_sparse_to_jax_sparse", "tf_sparse_to_jax_sparse",
+                 "jax_sparse_to_tf_sparse", "is_scipy_sparse", "is_tensorflow_sparse", "is_jax_sparse"):
+        assert callable(getattr(_keras_private._adapter_utils, name)), name
