@@ -107,6 +107,8 @@ def _tensor(value: Any) -> Any:
         return None
     if is_sparse(value):  # SciPy / jax BCOO as tf.SparseTensor (Keras's sparse input on tensorflow)
         return sparse_to_tf(value)
+    if isinstance(value, tf.RaggedTensor):
+        return value
     return tf.convert_to_tensor(value)
 
 

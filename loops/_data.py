@@ -38,9 +38,11 @@ def _to_numpy(leaf: Any) -> Any:
     if hasattr(leaf, "detach") and hasattr(leaf, "cpu"):  # a torch tensor
         leaf = leaf.detach().cpu()
     if type(leaf).__name__ == "RaggedTensor":
+        if keras.backend.backend() == "tensorflow":
+            return leaf  # Keras takes ragged inputs on tensorflow: kept as they are
         raise ValueError(
-            f"Got a {type(leaf).__name__} in the data; batches must be dense (or sparse) arrays. Convert "
-            "it first (ragged.to_tensor()) or pad to a fixed shape.")
+            f"Got a tf.RaggedTensor in the data, which only the tensorflow backend takes (as in Keras); "
+            f"this is {keras.backend.backend()}. Convert it first (ragged.to_tensor()) or pad to a fixed shape.")
     return np.asarray(leaf)
 
 
@@ -56,6 +58,15 @@ def _as_host(tree: Any) -> Any:
         return arr
 
     return keras.tree.map_structure(convert, tree) if tree is not None else None
+
+
+def _rows(a: Any, idx: np.ndarray | slice) -> Any:
+    """Rows ``idx`` of an array leaf (a tf.RaggedTensor gathers them)."""
+    if isinstance(idx, np.ndarray) and type(a).__name__ == "RaggedTensor":
+        import tensorflow as tf
+
+        return tf.gather(a, idx)
+    return a[idx]
 
 
 def _pack(x: Any, y: Any, sample_weight: Any) -> Any:
@@ -123,7 +134,7 @@ class ArraySource(DataSource):
                  shuffle: bool = False, class_weight: dict[int, float] | None = None,
                  seed: int | None = None):
         self.x, self.y, self.sample_weight = _as_host(x), _as_host(y), _as_host(sample_weight)
-        sizes = {name: [a.shape[0] if a.ndim else None for a in _leaves(tree)]
+        sizes = {name: [a.shape[0] if len(a.shape) else None for a in _leaves(tree)]
                  for name, tree in (("x", self.x), ("y", self.y), ("sample_weight", self.sample_weight))}
         flat = [(name, s) for name, ss in sizes.items() for s in ss]
         if not flat or flat[0][0] != "x":
@@ -176,7 +187,7 @@ class ArraySource(DataSource):
         return train, val
 
     def _batch(self, idx: np.ndarray | slice) -> Any:
-        pick = lambda tree: None if tree is None else keras.tree.map_structure(lambda a: a[idx], tree)
+        pick = lambda tree: None if tree is None else keras.tree.map_structure(lambda a: _rows(a, idx), tree)
         x, y, sw = pick(self.x), pick(self.y), pick(self.sample_weight)
         if self.class_weight is not None and y is not None:
             cw = _class_weights(self.class_weight, y)
@@ -216,7 +227,7 @@ class ArraySource(DataSource):
         # current pass through the data and ends early where the pass ends;
         # the next epoch starts a new (reshuffled) pass.
         if self._stream is None:
-            self._left = self.num_batches - self._skip  # batches left in this pass
+            self._left = -(-self.n // self.batch_size) - self._skip  # batches left in this pass
             self._stream = self._one_pass()
         drawn = 0
         while drawn < steps and self._left > 0:
@@ -471,7 +482,8 @@ def make_source(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size:
                  or batches_in_a_list)
     from loops._keras_private import is_sparse
 
-    if not is_stream and (isinstance(x, _ARRAY_TYPES) or hasattr(x, "__array__") or is_sparse(x)):
+    if not is_stream and (isinstance(x, _ARRAY_TYPES) or hasattr(x, "__array__") or is_sparse(x)
+                          or type(x).__name__ == "RaggedTensor"):
         source = ArraySource(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
                              class_weight=class_weight, seed=seed)
         if check_inputs:

@@ -20,7 +20,7 @@ from keras.src.trainers.compile_utils import CompileLoss, CompileMetrics
 from keras.src.trainers.data_adapters import data_adapter_utils as _adapter_utils
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-__all__ = ["is_sparse", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
+__all__ = ["is_ragged", "is_sparse", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
            "attach_compile_state", "overrides", "losses_average_over_batch", "metrics_take_sample_weight",
            "pending_variables",
            "update_metrics_masked"]
@@ -97,7 +97,7 @@ def update_metrics_masked(compile_metrics: CompileMetrics, y: Any, y_pred: Any, 
 def attach_compile_state(model: Any, *, optimizer: Any, loss: Any, metrics: Any, loss_weights: Any,
                          weighted_metrics: Any, compile_loss: Any, compile_metrics: Any, loss_tracker: Any,
                          run_eagerly: bool, steps_per_execution: int, jit_compile: Any,
-                         auto_scale_loss: bool) -> None:
+                         auto_scale_loss: bool, resolved_jit_compile: bool) -> None:
     """Leaves on ``model`` what ``model.compile`` would, as the Trainer's own
     objects: ``model.optimizer``, ``model.metrics``, the compiled loss (which a
     model's ``compute_loss`` override reaches through ``super()``), and the
@@ -109,6 +109,7 @@ def attach_compile_state(model: Any, *, optimizer: Any, loss: Any, metrics: Any,
                 weighted_metrics=weighted_metrics, compile_loss=compile_loss, compile_metrics=compile_metrics,
                 loss_tracker=loss_tracker, run_eagerly=run_eagerly, steps_per_execution=steps_per_execution,
                 jit_compile=jit_compile, auto_scale_loss=auto_scale_loss)
+        model.jit_compile = resolved_jit_compile  # as model.compile: "auto" resolved for this engine
 
 
 def _attach(model: Any, *, optimizer: Any, loss: Any, metrics: Any, loss_weights: Any, weighted_metrics: Any,
@@ -187,3 +188,7 @@ def set_model_optimizer(model: Any, optimizer: Any) -> None:
         config = getattr(model, "_compile_config", None)
         if config is not None:
             config.config["optimizer"] = optimizer
+
+
+def is_ragged(value: Any) -> bool:
+    return bool(_adapter_utils.is_tensorflow_ragged(value))

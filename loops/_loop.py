@@ -35,6 +35,21 @@ def _host_logs(logs: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _to_host(t: Any) -> Any:
+    """A step's output on the host: NumPy, or a tf.RaggedTensor as it is (as Keras's predict)."""
+    if type(t).__name__ == "RaggedTensor":
+        return t
+    return keras.ops.convert_to_numpy(t)
+
+
+def _concat(*parts: Any) -> Any:
+    if type(parts[0]).__name__ == "RaggedTensor":
+        import tensorflow as tf
+
+        return tf.concat(parts, axis=0)
+    return np.concatenate(parts, axis=0)
+
+
 def _resolve_verbose(verbose: Any) -> int:
     if verbose == "auto":
         return 1
@@ -187,10 +202,10 @@ class LoopMixin:
             check_input_names(self.model, keras.utils.unpack_x_y_sample_weight(sample)[0])
         if not self.pad_ragged_batches or not self._uses_default(kind):
             return _unchanged
-        from loops._keras_private import is_sparse
+        from loops._keras_private import is_ragged, is_sparse
 
-        if any(is_sparse(leaf) for leaf in keras.tree.flatten(sample)):
-            return _unchanged  # sparse rows are not padded
+        if any(is_sparse(leaf) or is_ragged(leaf) for leaf in keras.tree.flatten(sample)):
+            return _unchanged  # sparse and ragged rows are not padded
         size: int
         if isinstance(source, ArraySource):
             size = int(source.batch_size or 1)
@@ -597,8 +612,7 @@ class LoopMixin:
             window: list[Any] = []
 
             def end_window(first: int) -> None:
-                out = window[0] if len(window) == 1 else keras.tree.map_structure(
-                    lambda *parts: np.concatenate(parts, axis=0), *window)
+                out = window[0] if len(window) == 1 else keras.tree.map_structure(_concat, *window)
                 cbs.on_predict_batch_end(first + k - 1, {"outputs": out})
                 window.clear()
 
@@ -609,7 +623,7 @@ class LoopMixin:
                     out = predict_fn(batch)
                     if real is not None:  # drop the rows that pad a ragged batch
                         out = keras.tree.map_structure(lambda t, n=real: t[:n], out)
-                    host = keras.tree.map_structure(keras.ops.convert_to_numpy, out)
+                    host = keras.tree.map_structure(_to_host, out)
                     outputs.append(host)
                     window.append(host)
                     if first % k == k - 1:
@@ -625,7 +639,7 @@ class LoopMixin:
             self._sync()
         if not outputs:
             raise ValueError("predict() got no batches: the data is empty.")
-        return keras.tree.map_structure(lambda *parts: np.concatenate(parts, axis=0), *outputs)
+        return keras.tree.map_structure(_concat, *outputs)
 
 
 __all__ = ["LoopMixin"]

@@ -240,7 +240,8 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
                 model, optimizer=opt, loss=loss, metrics=metrics, loss_weights=loss_weights,
                 weighted_metrics=weighted_metrics, compile_loss=self._compile_loss,
                 compile_metrics=self._compile_metrics, loss_tracker=self._loss_tracker, run_eagerly=run_eagerly,
-                steps_per_execution=steps_per_execution, jit_compile=jit_compile, auto_scale_loss=auto_scale_loss)
+                steps_per_execution=steps_per_execution, jit_compile=jit_compile, auto_scale_loss=auto_scale_loss,
+                resolved_jit_compile=backends.get().resolve_jit_compile(jit_compile))
         self.jit_compile = jit_compile
         self.run_eagerly = run_eagerly
         self.steps_per_execution = steps_per_execution
@@ -482,7 +483,7 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
     def _model_loss(self, x: Any, y: Any, y_pred: Any, sample_weight: Any, training: bool) -> Any:
         """``compute_loss``: the model's own override if it has one (Keras's
         backend-neutral customisation point), else the Trainer's."""
-        model = self.model
+        model: Any = self.model
         if type(self).compute_loss is Trainer.compute_loss and overrides(model, "compute_loss"):
             if "training" in inspect.signature(model.compute_loss).parameters:
                 return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
@@ -490,7 +491,7 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
         return self.compute_loss(x, y, y_pred, sample_weight, training=training)
 
     def _model_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> dict[str, Any]:
-        model = self.model
+        model: Any = self.model
         if type(self).compute_metrics is Trainer.compute_metrics and overrides(model, "compute_metrics"):
             model.compute_metrics(x, y, y_pred, sample_weight)
             return self.get_metrics_result()
@@ -604,7 +605,8 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
             x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
             symbolic = keras.tree.map_structure(
                 lambda t: None if t is None else keras.KerasTensor(
-                    tuple(t.shape), keras.backend.standardize_dtype(t.dtype), sparse=is_sparse(t)), x)
+                    tuple(t.shape), keras.backend.standardize_dtype(t.dtype), sparse=is_sparse(t),
+                    ragged=type(t).__name__ == "RaggedTensor"), x)
             compute_output_spec(self._call_model, symbolic, False)
         if not self._unbuilt():
             return

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole suite once per backend, each in its own process (Keras fixes
-# its backend at import). Runs all three, then fails if any failed.
+# its backend at import), then Keras's own trainer and callback tests routed
+# to loops.Trainer (scripts/keras_conformance.sh). Runs everything, then
+# fails if anything failed. Extra arguments go to the project suite's pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=2
@@ -10,5 +12,6 @@ python -m mypy || status=1
 for backend in jax tensorflow torch; do
   echo "=== KERAS_BACKEND=$backend ==="
   KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider tests "$@" || status=1
+  BACKENDS=$backend bash scripts/keras_conformance.sh || status=1
 done
 exit $status

@@ -93,3 +93,13 @@ def pytest_collection_modifyitems(config, items):
 def pytest_report_header(config):
     return (f"Keras conformance: keras {keras.__version__} tests routed to loops.Trainer "
             f"(backend {keras.backend.backend()}, {os.path.dirname(keras.__file__)})")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = terminalreporter.stats.get("skipped", [])
+    ours = sum(1 for r in skipped if "does not apply to loops.Trainer" in str(getattr(r, "longrepr", "")))
+    terminalreporter.write_line(
+        f"Keras conformance on {keras.backend.backend()}: "
+        f"{len(terminalreporter.stats.get('passed', []))} passed, "
+        f"{len(terminalreporter.stats.get('failed', []))} failed, {ours} skipped as not applicable "
+        f"(tests/conformance/skips.py), {len(skipped) - ours} skipped by Keras itself for this backend")
