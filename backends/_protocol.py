@@ -171,6 +171,17 @@ class Backend(Protocol):
         """Host (NumPy) arrays to the engine's tensor type, same structure."""
         ...
 
+    def take_rows(self, leaf: Any, index: Any) -> Any:
+        """Rows ``index`` (a slice or an integer array) of one host data leaf:
+        ``leaf[index]`` for arrays; the engine's gather for its own host-side
+        types (a ``tf.RaggedTensor`` on tensorflow)."""
+        ...
+
+    def concat_rows(self, parts: Sequence[Any]) -> Any:
+        """``parts`` (predict outputs) joined on the batch axis: NumPy's
+        concatenate, or the engine's for its own types (ragged outputs)."""
+        ...
+
     def to_step_input(self, batch: Tree) -> Tree:
         """What the loop hands the step ``Runner.compile`` built: ``to_native(batch)``,
         or the host arrays themselves where the engine's compiled call takes

@@ -315,3 +315,11 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     del state
+
+
+def take_rows(leaf: Any, index: Any) -> Any:
+    return leaf[index]
+
+
+def concat_rows(parts: Sequence[Any]) -> Any:
+    return np.concatenate(parts, axis=0)

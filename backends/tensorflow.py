@@ -9,6 +9,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from backends import _distributed_tf as _dp
@@ -176,3 +177,15 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     del state
+
+
+def take_rows(leaf: Any, index: Any) -> Any:
+    if isinstance(leaf, tf.RaggedTensor) and not isinstance(index, slice):
+        return tf.gather(leaf, index)  # (a RaggedTensor slices rows, but gathers only through tf.gather)
+    return leaf[index]
+
+
+def concat_rows(parts: Sequence[Any]) -> Any:
+    if isinstance(parts[0], tf.RaggedTensor):
+        return tf.concat(list(parts), axis=0)  # ragged predict outputs stay ragged, as in Keras
+    return np.concatenate(parts, axis=0)

@@ -281,3 +281,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = [state[f"torch_cuda_{i}"] for i in range(torch.cuda.device_count()) if f"torch_cuda_{i}" in state]
     if cuda and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([torch.from_numpy(np.asarray(s, dtype=np.uint8)) for s in cuda])
+
+
+def take_rows(leaf: Any, index: Any) -> Any:
+    return leaf[index]
+
+
+def concat_rows(parts: Sequence[Any]) -> Any:
+    return np.concatenate(parts, axis=0)

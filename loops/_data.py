@@ -61,12 +61,13 @@ def _as_host(tree: Any) -> Any:
 
 
 def _rows(a: Any, idx: np.ndarray | slice) -> Any:
-    """Rows ``idx`` of an array leaf (a tf.RaggedTensor gathers them)."""
-    if isinstance(idx, np.ndarray) and type(a).__name__ == "RaggedTensor":
-        import tensorflow as tf
+    """Rows ``idx`` of an array leaf (an engine's own host type, such as a
+    tf.RaggedTensor, through the engine)."""
+    if isinstance(a, np.ndarray):
+        return a[idx]
+    import backends
 
-        return tf.gather(a, idx)
-    return a[idx]
+    return backends.get().take_rows(a, idx)
 
 
 def _pack(x: Any, y: Any, sample_weight: Any) -> Any:

@@ -43,11 +43,11 @@ def _to_host(t: Any) -> Any:
 
 
 def _concat(*parts: Any) -> Any:
-    if type(parts[0]).__name__ == "RaggedTensor":
-        import tensorflow as tf
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts, axis=0)
+    import backends
 
-        return tf.concat(parts, axis=0)
-    return np.concatenate(parts, axis=0)
+    return backends.get().concat_rows(parts)  # an engine's own output type (ragged, on tensorflow)
 
 
 def _resolve_verbose(verbose: Any) -> int:
