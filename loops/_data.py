@@ -168,6 +168,7 @@ class ArraySource(DataSource):
         self._skip = 0  # batches to skip at the start of the next pass (resume)
         self._stream: Iterator[Any] | None = None
         self._left = 0
+        self._epoch_done = False
 
     def split(self, fraction: float) -> tuple[ArraySource, ArraySource]:
         """Keras's ``validation_split``: the last ``fraction`` of the samples,
@@ -212,9 +213,15 @@ class ArraySource(DataSource):
 
     def seek(self, consumed: int, in_epoch: int) -> None:
         """Continue as if ``consumed`` batches had been drawn (a resumed run)."""
-        del in_epoch  # the position follows from the total: whole passes, then the rest
         self._pass, self._skip = divmod(int(consumed), -(-self.n // self.batch_size))
         self._stream = None
+        # A checkpoint taken after an epoch that the end of a pass cut short
+        # (steps_per_epoch): that epoch has nothing left to draw.
+        self._epoch_done = in_epoch > 0 and self._skip == 0
+
+    def rewind(self) -> None:
+        """Start again from the first batch (each evaluation, as Keras's)."""
+        self._pass, self._skip, self._stream, self._epoch_done = 0, 0, None, False
 
     def peek(self) -> Any:
         return self._batch(np.arange(min(self.batch_size, self.n)))
@@ -227,6 +234,9 @@ class ArraySource(DataSource):
         # epochs, as in Keras: an epoch takes up to `steps` batches of the
         # current pass through the data and ends early where the pass ends;
         # the next epoch starts a new (reshuffled) pass.
+        if self._epoch_done:
+            self._epoch_done = False  # (the resumed epoch had ended with its pass)
+            return
         if self._stream is None:
             self._left = -(-self.n // self.batch_size) - self._skip  # batches left in this pass
             self._stream = self._one_pass()
@@ -238,9 +248,9 @@ class ArraySource(DataSource):
             yield batch
         if drawn < steps:
             warnings.warn(
-                f"The data ran out after {drawn} of steps_per_epoch={steps} batches: this epoch ends "
+                f"The data ran out after {drawn} of {steps} batches asked for (steps_per_epoch / steps): this pass ends "
                 f"early (the arrays hold {self.num_batches} batches of {self.batch_size}). Keras does "
-                "the same; pass steps_per_epoch <= the number of batches, or None.", stacklevel=2)
+                "the same; pass a step count <= the number of batches, or None.", stacklevel=2)
         if self._left == 0:
             self._stream = None  # the next epoch starts a new pass
 

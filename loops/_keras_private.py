@@ -20,7 +20,7 @@ from keras.src.trainers.compile_utils import CompileLoss, CompileMetrics
 from keras.src.trainers.data_adapters import data_adapter_utils as _adapter_utils
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-__all__ = ["is_ragged", "is_sparse", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
+__all__ = ["compile_state_metrics", "is_ragged", "is_sparse", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
            "attach_compile_state", "overrides", "losses_average_over_batch", "metrics_take_sample_weight",
            "pending_variables",
            "update_metrics_masked"]
@@ -108,13 +108,12 @@ def attach_compile_state(model: Any, *, optimizer: Any, loss: Any, metrics: Any,
         _attach(model, optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=loss_weights,
                 weighted_metrics=weighted_metrics, compile_loss=compile_loss, compile_metrics=compile_metrics,
                 loss_tracker=loss_tracker, run_eagerly=run_eagerly, steps_per_execution=steps_per_execution,
-                jit_compile=jit_compile, auto_scale_loss=auto_scale_loss)
-        model.jit_compile = resolved_jit_compile  # as model.compile: "auto" resolved for this engine
+                jit_compile=jit_compile, auto_scale_loss=auto_scale_loss, resolved_jit_compile=resolved_jit_compile)
 
 
 def _attach(model: Any, *, optimizer: Any, loss: Any, metrics: Any, loss_weights: Any, weighted_metrics: Any,
             compile_loss: Any, compile_metrics: Any, loss_tracker: Any, run_eagerly: bool,
-            steps_per_execution: int, jit_compile: Any, auto_scale_loss: bool) -> None:
+            steps_per_execution: int, jit_compile: Any, auto_scale_loss: bool, resolved_jit_compile: bool) -> None:
     model.optimizer = optimizer
     model._compile_loss = compile_loss
     model._compile_metrics = compile_metrics
@@ -124,7 +123,12 @@ def _attach(model: Any, *, optimizer: Any, loss: Any, metrics: Any, loss_weights
     model.stop_training = False
     model.run_eagerly = run_eagerly
     model.steps_per_execution = steps_per_execution
-    model.jit_compile = jit_compile
+    model.jit_compile = resolved_jit_compile  # as model.compile: "auto" resolved for this engine
+    if not _serializable(optimizer):
+        # An optax / torch.optim adapter has no Keras config: the file then
+        # loads uncompiled (its weights and optimizer variables are still saved).
+        model.__dict__.pop("_compile_config", None)
+        return
     model._compile_config = SerializableDict(
         optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
         loss_weights=loss_weights, run_eagerly=run_eagerly, steps_per_execution=steps_per_execution,
@@ -192,3 +196,24 @@ def set_model_optimizer(model: Any, optimizer: Any) -> None:
 
 def is_ragged(value: Any) -> bool:
     return bool(_adapter_utils.is_tensorflow_ragged(value))
+
+
+def _serializable(optimizer: Any) -> bool:
+    if optimizer is None:
+        return True
+    import keras
+
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+    return type(inner).__module__.startswith("keras.") and isinstance(inner, keras.optimizers.Optimizer)
+
+
+def compile_state_metrics(model: Any) -> list[Any]:
+    """The metric objects compile state put on ``model`` (a loss tracker, the
+    compiled metrics and the per-output loss trackers)."""
+    if not isinstance(model, KerasTrainer) or not getattr(model, "compiled", False):
+        return []
+    out = [getattr(model, "_loss_tracker", None), getattr(model, "_compile_metrics", None)]
+    compile_loss = getattr(model, "_compile_loss", None)
+    if compile_loss is not None:
+        out.extend(compile_loss.metrics)
+    return [m for m in out if m is not None]

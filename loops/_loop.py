@@ -242,6 +242,13 @@ class LoopMixin:
                 f"steps_per_execution={k} is not supported with data-parallel training yet: pass "
                 "Trainer(..., steps_per_execution=1).")
         to_native = replicas.converter(source, padded=plan is not _unchanged)
+        if k > 1:
+            from loops._keras_private import is_ragged, is_sparse
+
+            if any(is_sparse(leaf) or is_ragged(leaf) for leaf in keras.tree.flatten(source.peek())):
+                raise ValueError(
+                    f"steps_per_execution={k} stacks k batches into one array, which sparse and ragged "
+                    "inputs cannot be: pass Trainer(..., steps_per_execution=1) for them.")
 
         def prepare(batch: Any) -> tuple[Any, Any]:
             host, real = plan(batch)
@@ -500,6 +507,8 @@ class LoopMixin:
                       steps: int | None, plan: _Plan | None = None,
                       progress: _Progress | None = None) -> dict[str, Any]:
         plan = self._plan("test", source) if plan is None else plan
+        if isinstance(source, ArraySource):
+            source.rewind()  # every evaluation starts at the first batch, as Keras's
         test_fn = self._step_fn("test", self._sample(plan, source))
         batch_hooks = _uses_batch_hooks(cbs, "test")
         self.stop_evaluating = False
@@ -554,7 +563,8 @@ class LoopMixin:
     def _one_batch(self, kind: str, x: Any, y: Any = None, sample_weight: Any = None,
                    class_weight: Any = None) -> Any:
         """Runs ``kind``'s step on ``(x, y, sample_weight)`` as one batch, as
-        Keras's ``*_on_batch`` do (metrics are not reset between calls)."""
+        Keras's ``*_on_batch`` do (metrics are reset first: the result is this
+        batch's)."""
         if class_weight is not None and sample_weight is not None:
             raise ValueError("Arguments `sample_weight` and `class_weight` cannot be specified at the same time.")
         self.reset_metrics()  # each call reports its own batch, as in Keras
@@ -563,7 +573,9 @@ class LoopMixin:
         fn = self._step_fn(kind, source.peek())
         out = None
         try:
-            for _, _, batch, _ in self._executions(source, 1, 1):
+            # with steps_per_execution > 1 the compiled step takes stacked batches: a stack of one
+            k = self.steps_per_execution if kind != "predict" else 1
+            for _, _, batch, _ in self._executions(source, 1, k):
                 out = fn(batch)
         finally:
             self._sync()
@@ -588,7 +600,7 @@ class LoopMixin:
     def predict_on_batch(self, x: Any) -> Any:
         """The model's outputs on one batch, as NumPy arrays."""
         out = self._one_batch("predict", x)
-        return keras.tree.map_structure(keras.ops.convert_to_numpy, out)
+        return keras.tree.map_structure(_to_host, out)
 
     @_distributed.in_replica_scope
     def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto", steps: int | None = None,

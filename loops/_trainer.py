@@ -17,7 +17,7 @@ import keras
 import backends
 from loops import _checks, _debug, _distributed, _hooks, _nans, _padding, _traps
 from loops import optimizers as _optimizers
-from loops._keras_private import CompileLoss, CompileMetrics, attach_compile_state, compute_output_spec, is_sparse, set_model_optimizer, overrides, pending_variables
+from loops._keras_private import CompileLoss, CompileMetrics, attach_compile_state, compile_state_metrics, compute_output_spec, is_sparse, set_model_optimizer, overrides, pending_variables
 from loops._loop import LoopMixin
 from loops._state import discover_variables, owned_objects
 from loops._weights import WeightsMixin
@@ -217,6 +217,8 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
             gradient_accumulation_steps=gradient_accumulation_steps, clipnorm=clipnorm, clipvalue=clipvalue,
             global_clipnorm=global_clipnorm)
         opt = _optimizers.get(optimizer)  # Keras's, or optax / torch.optim behind an adapter
+        if opt is None and model is not None and loss is not None and type(self).train_step is Trainer.train_step:
+            opt = keras.optimizers.get("rmsprop")  # as model.compile(loss=...): Keras's default optimizer
         if opt is not None:
             _optimizers.configure(opt, self._optimizer_options)
             if auto_scale_loss and type(self).train_step is Trainer.train_step \
@@ -339,7 +341,9 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
             if isinstance(obj, keras.metrics.Metric) and obj not in found and obj is not self._loss_tracker:
                 found.append(obj)
         for model in self.models:
-            found.extend(m for m in model.metrics if m not in found)
+            # (not the compile state a Trainer left on the model: this one's are above, another's are not ours)
+            compiled = compile_state_metrics(model)
+            found.extend(m for m in model.metrics if m not in found and not any(m is c for c in compiled))
         # Walking the attributes costs; eager steps read this several times a step.
         self._metrics_cache = found
         return found

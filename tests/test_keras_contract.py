@@ -52,7 +52,7 @@ def _both(make_model, fit_kwargs=None, compile_kwargs=None, data=None):
     """History and final weights of model.fit and of Trainer.fit, each on a
     fresh, unbuilt model from ``make_model``."""
     x, y = data or _data()
-    fit_kwargs = dict(batch_size=32, epochs=2, shuffle=False, verbose=0, **(fit_kwargs or {}))
+    fit_kwargs = {"batch_size": 32, "epochs": 2, "shuffle": False, "verbose": 0, **(fit_kwargs or {})}
     compile_kwargs = compile_kwargs or {}
     ref = make_model()
     ref.compile(keras.optimizers.SGD(0.1), compile_kwargs.get("loss", SCE), metrics=["accuracy"])
@@ -186,10 +186,11 @@ def test_callbacks_reach_the_models_attributes():
 
 def test_scalar_metric_function_on_a_ragged_last_batch():
     x, y = _data(70)
-    zero = lambda y_true, y_pred: 0.0  # noqa: E731  (one value per batch, not per sample)
+    # One value per batch, not per sample: padding rows would change it.
+    per_batch = lambda y_true, y_pred: ops.mean(ops.abs(y_pred))  # noqa: E731
     ref = Subclassed()
-    ref.compile("sgd", SCE, metrics=[zero])
-    t = Trainer(Subclassed(), "sgd", SCE, metrics=[zero])
+    ref.compile("sgd", SCE, metrics=[per_batch])
+    t = Trainer(Subclassed(), "sgd", SCE, metrics=[per_batch])
     ours = t.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
     theirs = ref.evaluate(x, y, batch_size=32, return_dict=True, verbose=0)
     assert ours == pytest.approx(theirs, rel=1e-6)
@@ -319,3 +320,79 @@ def test_ragged_inputs_train_on_tensorflow_and_are_refused_clearly_elsewhere():
     hk = ref.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0)
     np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-6)
     np.testing.assert_allclose(t.predict(x, verbose=0), ref.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_steps_per_epoch_shorter_epoch_at_the_end_of_the_data_as_keras():
+    # 10 batches of 10; 4 per epoch: epochs of 4, 4, 2, then a new pass
+    (hk, ref), (h, t) = _both(Subclassed, {"batch_size": 10, "epochs": 4, "steps_per_epoch": 4},
+                              data=_data(100))
+    np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5)
+    for a, b in zip(ref.get_weights(), t.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_after_an_epoch_cut_short_by_the_end_of_the_data(tmp_path):
+    x, y = _data(100)
+
+    class CrashAfterShortEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:  # the third epoch ran 2 of its 4 steps: the data's end
+                raise RuntimeError("crash")
+
+    kwargs = dict(batch_size=10, epochs=5, steps_per_epoch=4, shuffle=True, verbose=0)
+    whole = Trainer(Subclassed(), keras.optimizers.SGD(0.1), SCE, seed=3)
+    h_whole = whole.fit(x, y, **kwargs)
+    crashed = Trainer(Subclassed(), keras.optimizers.SGD(0.1), SCE, seed=3)
+    with pytest.raises(RuntimeError, match="crash"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crashed.fit(x, y, checkpoint_dir=tmp_path, callbacks=[CrashAfterShortEpoch()], **kwargs)
+    resumed = Trainer(Subclassed(), keras.optimizers.SGD(0.1), SCE, seed=3)
+    h = resumed.fit(x, y, checkpoint_dir=tmp_path, **kwargs)
+    np.testing.assert_allclose(h.history["loss"][-2:], h_whole.history["loss"][-2:], rtol=1e-6)
+    for a, b in zip(whole.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_on_batch_methods_with_steps_per_execution():
+    x, y = _data(40)
+    one = Trainer(Subclassed(), keras.optimizers.SGD(0.1), SCE, metrics=["accuracy"])
+    many = Trainer(Subclassed(), keras.optimizers.SGD(0.1), SCE, metrics=["accuracy"], steps_per_execution=4)
+    for _ in range(2):
+        assert many.train_on_batch(x, y) == pytest.approx(one.train_on_batch(x, y), rel=1e-6)
+    assert many.test_on_batch(x, y) == pytest.approx(one.test_on_batch(x, y), rel=1e-6)
+    np.testing.assert_allclose(many.predict_on_batch(x), one.predict_on_batch(x), rtol=1e-6)
+
+
+def test_two_trainers_on_one_model_keep_their_own_metrics():
+    x, y = _data()
+    model = Subclassed()
+    a = Trainer(model, keras.optimizers.SGD(0.1), SCE, metrics=["accuracy"])
+    b = Trainer(model, loss="mse", metrics=["mae"])  # e.g. a second trainer for another evaluation
+    assert not any(m in a.metrics for m in b.metrics)
+    h = a.fit(x, y, epochs=1, shuffle=False, verbose=0)
+    assert set(h.history) == {"loss", "accuracy"} and h.history["loss"][0] > 0.1
+    ref = Subclassed()
+    ref.compile(keras.optimizers.SGD(0.1), SCE, metrics=["accuracy"])
+    hk = ref.fit(x, y, epochs=1, shuffle=False, verbose=0)
+    np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5)
+
+
+def test_validation_steps_start_at_the_first_batch_each_epoch():
+    x, y = _data(100)
+    t = Trainer(Subclassed(), keras.optimizers.SGD(0.0), SCE)  # nothing moves: every validation is the same
+    h = t.fit(x[:50], y[:50], validation_data=(x[50:], y[50:]), validation_steps=2, batch_size=10, epochs=3,
+              verbose=0)
+    first_two = t.evaluate(x[50:70], y[50:70], batch_size=10, verbose=0)
+    np.testing.assert_allclose(h.history["val_loss"], [first_two] * 3, rtol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="an optax optimizer")
+def test_keras_file_of_a_model_trained_with_optax_loads(tmp_path):
+    import optax
+
+    x, y = _data()
+    t = Trainer(Subclassed(), optax.adam(1e-2), SCE)
+    t.fit(x, y, epochs=1, verbose=0)
+    t.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", custom_objects={"Subclassed": Subclassed})
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), t.predict(x, verbose=0), rtol=1e-6)
