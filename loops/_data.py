@@ -31,13 +31,13 @@ def _leaves(tree: Any) -> list[Any]:
 def _to_numpy(leaf: Any) -> Any:
     if isinstance(leaf, np.ndarray):
         return leaf
-    from loops._keras_private import is_sparse, sparse_to_host
+    from loops._keras_private import is_ragged, is_sparse, sparse_to_host
 
     if is_sparse(leaf):  # kept sparse, as Keras keeps it (the engine converts it for the step)
         return sparse_to_host(leaf)
     if hasattr(leaf, "detach") and hasattr(leaf, "cpu"):  # a torch tensor
         leaf = leaf.detach().cpu()
-    if type(leaf).__name__ == "RaggedTensor":
+    if is_ragged(leaf):
         if keras.backend.backend() == "tensorflow":
             return leaf  # Keras takes ragged inputs on tensorflow: kept as they are
         raise ValueError(
@@ -491,10 +491,10 @@ def make_source(x: Any, y: Any = None, sample_weight: Any = None, *, batch_size:
     batches_in_a_list = isinstance(x, list) and bool(x) and all(isinstance(e, tuple) for e in x)
     is_stream = (_is_tf_dataset(x) or _is_torch_dataloader(x) or isinstance(x, keras.utils.PyDataset)
                  or batches_in_a_list)
-    from loops._keras_private import is_sparse
+    from loops._keras_private import is_ragged, is_sparse
 
     if not is_stream and (isinstance(x, _ARRAY_TYPES) or hasattr(x, "__array__") or is_sparse(x)
-                          or type(x).__name__ == "RaggedTensor"):
+                          or is_ragged(x)):
         source = ArraySource(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle,
                              class_weight=class_weight, seed=seed)
         if check_inputs:

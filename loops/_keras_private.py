@@ -105,34 +105,25 @@ def attach_compile_state(model: Any, *, optimizer: Any, loss: Any, metrics: Any,
     if not isinstance(model, KerasTrainer):
         return  # a bare keras.Layer has no compile state
     with DotNotTrackScope():  # as model.compile: these are not the model's own metrics
-        _attach(model, optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=loss_weights,
-                weighted_metrics=weighted_metrics, compile_loss=compile_loss, compile_metrics=compile_metrics,
-                loss_tracker=loss_tracker, run_eagerly=run_eagerly, steps_per_execution=steps_per_execution,
-                jit_compile=jit_compile, auto_scale_loss=auto_scale_loss, resolved_jit_compile=resolved_jit_compile)
-
-
-def _attach(model: Any, *, optimizer: Any, loss: Any, metrics: Any, loss_weights: Any, weighted_metrics: Any,
-            compile_loss: Any, compile_metrics: Any, loss_tracker: Any, run_eagerly: bool,
-            steps_per_execution: int, jit_compile: Any, auto_scale_loss: bool, resolved_jit_compile: bool) -> None:
-    model.optimizer = optimizer
-    model._compile_loss = compile_loss
-    model._compile_metrics = compile_metrics
-    model._loss_tracker = loss_tracker
-    model.loss = loss
-    model.compiled = True
-    model.stop_training = False
-    model.run_eagerly = run_eagerly
-    model.steps_per_execution = steps_per_execution
-    model.jit_compile = resolved_jit_compile  # as model.compile: "auto" resolved for this engine
-    if not _serializable(optimizer):
-        # An optax / torch.optim adapter has no Keras config: the file then
-        # loads uncompiled (its weights and optimizer variables are still saved).
-        model.__dict__.pop("_compile_config", None)
-        return
-    model._compile_config = SerializableDict(
-        optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
-        loss_weights=loss_weights, run_eagerly=run_eagerly, steps_per_execution=steps_per_execution,
-        jit_compile=jit_compile, auto_scale_loss=auto_scale_loss)
+        model.optimizer = optimizer
+        model._compile_loss = compile_loss
+        model._compile_metrics = compile_metrics
+        model._loss_tracker = loss_tracker
+        model.loss = loss
+        model.compiled = True
+        model.stop_training = False
+        model.run_eagerly = run_eagerly
+        model.steps_per_execution = steps_per_execution
+        model.jit_compile = resolved_jit_compile  # as model.compile: "auto" resolved for this engine
+        if not _serializable(optimizer):
+            # An optax / torch.optim adapter has no Keras config: the file then
+            # loads uncompiled (its weights and optimizer variables are still saved).
+            model.__dict__.pop("_compile_config", None)
+            return
+        model._compile_config = SerializableDict(
+            optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=weighted_metrics,
+            loss_weights=loss_weights, run_eagerly=run_eagerly, steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile, auto_scale_loss=auto_scale_loss)
 
 
 def overrides(model: Any, name: str) -> bool:

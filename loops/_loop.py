@@ -37,9 +37,9 @@ def _host_logs(logs: dict[str, Any] | None) -> dict[str, Any]:
 
 def _to_host(t: Any) -> Any:
     """A step's output on the host: NumPy, or a tf.RaggedTensor as it is (as Keras's predict)."""
-    if type(t).__name__ == "RaggedTensor":
-        return t
-    return keras.ops.convert_to_numpy(t)
+    from loops._keras_private import is_ragged
+
+    return t if is_ragged(t) else keras.ops.convert_to_numpy(t)
 
 
 def _concat(*parts: Any) -> Any:

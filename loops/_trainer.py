@@ -17,7 +17,7 @@ import keras
 import backends
 from loops import _checks, _debug, _distributed, _hooks, _nans, _padding, _traps
 from loops import optimizers as _optimizers
-from loops._keras_private import CompileLoss, CompileMetrics, attach_compile_state, compile_state_metrics, compute_output_spec, is_sparse, set_model_optimizer, overrides, pending_variables
+from loops._keras_private import CompileLoss, CompileMetrics, attach_compile_state, compile_state_metrics, compute_output_spec, is_ragged, is_sparse, set_model_optimizer, overrides, pending_variables
 from loops._loop import LoopMixin
 from loops._state import discover_variables, owned_objects
 from loops._weights import WeightsMixin
@@ -610,7 +610,7 @@ class Trainer(WeightsMixin, _debug.DebugMixin, LoopMixin):
             symbolic = keras.tree.map_structure(
                 lambda t: None if t is None else keras.KerasTensor(
                     tuple(t.shape), keras.backend.standardize_dtype(t.dtype), sparse=is_sparse(t),
-                    ragged=type(t).__name__ == "RaggedTensor"), x)
+                    ragged=is_ragged(t)), x)
             compute_output_spec(self._call_model, symbolic, False)
         if not self._unbuilt():
             return
