@@ -84,7 +84,7 @@ cross_backend = pytest.mark.skipif(BACKEND != "jax", reason="runs all three back
 def test_one_epoch_agrees_on_all_three_backends(factory, monkeypatch):
     monkeypatch.syspath_prepend(HERE)
     # The CNN's tensorflow run is not bitwise reproducible from run to run on CPU (oneDNN's threaded
-    # convolutions): in one of five CI runs its 12-step losses parted from jax's by 2.1e-5 (step 5
+    # convolutions): in one of four runs this session its 12-step losses parted from jax's by 2.1e-5 (step 5
     # on), against <1e-6 in the others. Until the parity worker runs with deterministic ops, the CNN
     # is held to 5e-5; the MLP to 1e-5.
     rtol = 5e-5 if factory == "cnn_bn_dropout" else 1e-5
