@@ -1,11 +1,21 @@
-"""Engine modules behind one small protocol (see ``backends/_protocol.py``).
+"""Engine packages behind one small protocol (see ``protocol.py``).
 
-The engine is chosen by name from ``keras.backend.backend()``; its module is
+Installed and imported as ``loops.backends`` (the repository keeps the folder
+at top level, ``backends/``; setuptools maps it), so nothing with a generic
+name lands in site-packages. Imports inside this package are relative.
+
+Owns: everything that names an engine. ``jax/``, ``tensorflow/`` and
+``torch/`` each build steps, move data and run data parallelism for their
+engine (with its optimizer adapter and, on torch, graph capture). May import:
+keras, numpy, its own engine, and ``loops._keras_private`` (the one module that
+touches private Keras); nothing else of ``loops``.
+
+The engine is chosen by name from ``keras.backend.backend()``; its package is
 imported only then, so a machine with a single engine installed works.
 
 Example:
-    >>> import backends
-    >>> engine = backends.get()          # the module for KERAS_BACKEND
+    >>> from loops import backends
+    >>> engine = backends.get()          # the package for KERAS_BACKEND
     >>> engine.NAME in backends.names()
     True
 """
@@ -19,9 +29,9 @@ __all__ = ["get", "names"]
 
 # name -> module path; a fourth engine is one more line and one more file.
 _REGISTRY: dict[str, str] = {
-    "jax": "backends.jax",
-    "tensorflow": "backends.tensorflow",
-    "torch": "backends.torch",
+    "jax": "loops.backends.jax",
+    "tensorflow": "loops.backends.tensorflow",
+    "torch": "loops.backends.torch",
 }
 
 

@@ -25,13 +25,13 @@ from benchmarks._worker import _weights
 
 @contextlib.contextmanager
 def skip_idle_batch_hooks() -> Iterator[None]:
-    """Proposal 1 (loops/_loop.py, LoopMixin.fit/_run_evaluate): when no
+    """Proposal 1 (loops/trainer/loop.py, LoopMixin.fit/_run_evaluate): when no
     callback overrides a batch hook, do not call CallbackList's batch hooks:
     they pythonify the logs (a host sync per step on tensorflow/torch) or hand
     them to a thread pool (jax)."""
     import keras
 
-    from loops._loop import LoopMixin
+    from loops.trainer.loop import LoopMixin
 
     original = LoopMixin._callback_list
 
@@ -53,10 +53,10 @@ def skip_idle_batch_hooks() -> Iterator[None]:
 
 @contextlib.contextmanager
 def host_batches_to_jit() -> Iterator[None]:
-    """Proposal 2 (backends/jax.py, to_native): return the NumPy batch as is;
+    """Proposal 2 (backends/jax/__init__.py, to_native): return the NumPy batch as is;
     jax.jit transfers it in its C++ dispatch path, cheaper than a Python-side
     ``jax.device_put`` of the whole nest."""
-    import backends
+    from loops import backends
 
     engine = backends.get()
     if engine.NAME != "jax":

@@ -10,16 +10,16 @@ Example:
 """
 
 from loops import optimizers
-from loops._check import CheckReport
-from loops._checks import UnusedVariableWarning
-from loops._checkpoint import Checkpoint, CheckpointError, latest_checkpoint
-from loops._distributed import data_parallel
-from loops._nans import NonFiniteError, NonFiniteReport
+from loops.debug.check import CheckReport
+from loops.trainer.checks import UnusedVariableWarning
+from loops.checkpoint.store import Checkpoint, CheckpointError, latest_checkpoint
+from loops.distributed import data_parallel
+from loops.debug.nans import NonFiniteError, NonFiniteReport
 from loops._ops import clip_by_global_norm, global_norm
-from loops._retrace import RetraceWarning
+from loops.debug.retrace import RetraceWarning
 from loops._seed import set_seed
-from loops._trainer import OptimizerGroup, Trainer
-from loops._traps import FromLogitsWarning
+from loops.trainer.trainer import OptimizerGroup, Trainer
+from loops.debug.traps import FromLogitsWarning
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-import backends
+from loops import backends
 
 _RESULT_TAG = "LOOPS_DEMO_RESULT "
 

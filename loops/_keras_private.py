@@ -20,7 +20,7 @@ from keras.src.trainers.compile_utils import CompileLoss, CompileMetrics
 from keras.src.trainers.data_adapters import data_adapter_utils as _adapter_utils
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-__all__ = ["compile_state_metrics", "is_ragged", "is_sparse", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
+__all__ = ["TORCH_CAPTURE_VERIFIED", "backend_update_step", "loss_module", "torch_core", "compile_state_metrics", "is_ragged", "is_sparse", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
            "attach_compile_state", "overrides", "losses_average_over_batch", "metrics_take_sample_weight",
            "pending_variables",
            "update_metrics_masked"]
@@ -208,3 +208,54 @@ def compile_state_metrics(model: Any) -> list[Any]:
     if compile_loss is not None:
         out.extend(compile_loss.metrics)
     return [m for m in out if m is not None]
+
+
+# --- engine internals the backends patch or call (imported lazily: each one
+# loads its engine). The torch graph capture replaces ``cond`` in Keras's torch
+# core while a step is captured; it was verified on the Keras versions below.
+TORCH_CAPTURE_VERIFIED = ((3, 10), (3, 15))  # first and last minor version verified
+
+
+def _keras_version() -> tuple[int, int]:
+    import keras
+
+    major, minor = (int(p) for p in keras.__version__.split(".")[:2])
+    return major, minor
+
+
+def torch_core(capture: bool = False) -> Any:
+    """``keras.src.backend.torch.core``, checked for what the torch backend
+    calls (``get_device``) and the graph capture patches (``cond``). With
+    ``capture``, a Keras outside the versions the capture was verified on is
+    a clear error (eager torch steps do not patch anything)."""
+    import keras
+
+    lo, hi = TORCH_CAPTURE_VERIFIED
+    if capture and not lo <= _keras_version() <= hi:
+        raise RuntimeError(
+            f"loops' torch graph capture patches Keras's private torch backend (keras.src.backend.torch.core."
+            f"cond) and was verified on Keras {lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}; this is Keras "
+            f"{keras.__version__}. Install a verified Keras (pip install 'keras>={lo[0]}.{lo[1]},"
+            f"<{hi[0]}.{hi[1] + 1}') or run the steps eagerly: Trainer(..., run_eagerly=True).")
+    import keras.src.backend.torch.core as core
+
+    missing = [name for name in ("cond", "get_device") if not callable(getattr(core, name, None))]
+    if missing:
+        raise RuntimeError(
+            f"Keras {keras.__version__} moved keras.src.backend.torch.core.{missing[0]}, which loops' torch "
+            "backend uses: install a verified Keras or pass Trainer(..., run_eagerly=True).")
+    return core
+
+
+def backend_update_step() -> Any:
+    """``BaseOptimizer._backend_update_step`` (Keras's per-variable update loop)."""
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    return BaseOptimizer._backend_update_step
+
+
+def loss_module() -> Any:
+    """``keras.src.losses.loss``: its ``(un)scale_loss_for_distribution`` hooks."""
+    from keras.src.losses import loss
+
+    return loss

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 
-import backends
+from loops import backends
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, cast
+from typing import Any, Sequence, cast
 
 import keras
 from keras import ops
 
-import backends
+from loops import backends
 from loops._ops import global_norm
 
-__all__ = ["from_optax", "from_torch", "get"]
+__all__ = ["OptimizerGroup", "from_optax", "from_torch", "get"]
 
 #: The Trainer arguments that configure its optimizers (names as Keras's).
 OPTION_NAMES = ("gradient_accumulation_steps", "clipnorm", "clipvalue", "global_clipnorm")
@@ -231,3 +231,36 @@ def track_grad_norm(tracker: keras.metrics.Metric, grads: list[Any], optimizer: 
     norm = global_norm(grads) / scale
     finite = ops.isfinite(norm)
     tracker.update_state(ops.where(finite, norm, ops.zeros_like(norm)), sample_weight=ops.cast(finite, "float32"))
+
+
+class OptimizerGroup:
+    """What ``trainer.optimizer`` is (and so what callbacks see as
+    ``self.model.optimizer``) when a Trainer subclass holds several optimizers
+    and sets none as ``optimizer``: Keras's callbacks act on each of
+    ``optimizers`` (ReduceLROnPlateau cuts every learning rate by its factor,
+    LearningRateScheduler schedules each, TensorBoard logs each), as they do
+    for Keras's multi-optimizer wrappers."""
+
+    def __init__(self, optimizers: Sequence[keras.optimizers.Optimizer]):
+        self.optimizers = list(optimizers)
+
+    @property
+    def name(self) -> str:
+        return "+".join(o.name for o in self.optimizers)
+
+    @property
+    def iterations(self) -> Any:
+        return self.optimizers[0].iterations  # the first optimizer's step count
+
+    @property
+    def built(self) -> bool:
+        return all(o.built for o in self.optimizers)
+
+    @property
+    def learning_rate(self) -> Any:
+        raise AttributeError(
+            f"This trainer holds {len(self.optimizers)} optimizers ({self.name}), each with its own "
+            "learning rate: use trainer.optimizer.optimizers[i].learning_rate.")
+
+    def __repr__(self) -> str:
+        return f"OptimizerGroup({self.name})"

@@ -7,8 +7,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=2
 status=0
-echo "=== mypy (types of loops/ and backends/) ==="
-python -m mypy || status=1
+echo "=== mypy (types of loops/ and backends/, as installed) ==="
+bash scripts/typecheck.sh || status=1
 for backend in jax tensorflow torch; do
   echo "=== KERAS_BACKEND=$backend ==="
   KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider tests "$@" || status=1

@@ -211,7 +211,7 @@ def main():
     import loops
 
     loops.data_parallel(devices)  # the one line
-    from loops import _distributed
+    from loops import distributed as _distributed
 
     rank = int(os.environ.get("RANK", "0"))
     if len(sys.argv) > 3 and sys.argv[2] == "--sigterm-at":

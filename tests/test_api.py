@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-import backends
+from loops import backends
 import loops
 
 

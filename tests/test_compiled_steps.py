@@ -1,7 +1,7 @@
 """Compiled steps compute what eager steps compute, on every backend.
 
 jax traces the step under ``jax.jit``, tensorflow under ``tf.function``, and
-torch captures it as an aten graph and replays it (``backends/_torch_graph``).
+torch captures it as an aten graph and replays it (``backends/torch/capture.py``).
 Each test trains twice from the same weights, compiled and with
 ``run_eagerly=True``, and compares the results; the torch-only tests cover
 what only capture can get wrong (a value read into Python)."""
@@ -189,7 +189,7 @@ def test_torch_capture_replays_without_running_keras_python():
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch's captured graph")
 def test_torch_stops_capturing_after_max_graphs_shapes(monkeypatch):
-    from backends import _torch_graph
+    from loops.backends.torch import capture as _torch_graph
 
     monkeypatch.setattr(_torch_graph, "MAX_GRAPHS", 2)
     rng = np.random.default_rng(3)

@@ -124,7 +124,7 @@ def test_sample_weight_and_class_weight_match_keras():
 
 
 def test_shuffle_order_is_seeded_and_backend_independent():
-    from loops._data import ArraySource
+    from loops.data.sources import ArraySource
 
     src = ArraySource(np.arange(10, dtype="float32")[:, None], batch_size=4, shuffle=True, seed=3)
     first = [b[:, 0].tolist() for b in src.batches()]

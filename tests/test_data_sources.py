@@ -294,7 +294,7 @@ def test_batches_are_prepared_one_ahead_on_a_background_thread():
 
 
 def test_prefetch_default_is_the_engines():
-    import backends
+    from loops import backends
 
     t = _trainer()
     assert t.prefetch_batches is None and backends.get().prefetch_default() in (0, 1)

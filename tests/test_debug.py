@@ -438,3 +438,14 @@ def test_a_label_shape_mismatch_names_the_output():
     y = {"price": np.zeros((16, 1), "float32"), "kind": np.zeros((16, 1), "float32")}
     with pytest.raises(ValueError, match=r"labels of shape \(16, 1\) with model output 'kind' of shape \(16, 3\)"):
         t.fit(x, y, batch_size=16, verbose=0)
+
+
+def test_all_nan_predictions_on_the_first_batch_reach_debug_nans():
+    """The loss-input traps read the first batch's predictions; all NaN there
+    must not stop at numpy's "All-NaN slice" but reach debug_nans' report."""
+    x = np.full((8, 3), np.nan, "float32")
+    y = np.zeros((8,), "int32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, activation="softmax")])
+    t = loops.Trainer(model, "sgd", "sparse_categorical_crossentropy", debug_nans=True)
+    with pytest.raises(loops.NonFiniteError):
+        t.fit(x, y, batch_size=8, verbose=0)

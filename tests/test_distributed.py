@@ -17,7 +17,8 @@ import pytest
 import _dist_case
 from conftest import BACKEND
 import loops
-from loops import _padding, latest_checkpoint
+from loops import latest_checkpoint
+from loops.data import padding as _padding
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROCESSES = 2 if BACKEND == "torch" else 1  # torch: one process per replica

@@ -62,8 +62,8 @@ def test_pydataset_adapter_and_metric_internals_used_for_data():
 
 
 def test_private_hooks_the_backends_rely_on_still_exist():
-    """backends/_distributed_tf.py wraps Keras's per-replica loss scaling and
-    runs three optimizer internals per replica; backends/jax.py reads
+    """backends/tensorflow/distributed.py wraps Keras's per-replica loss scaling and
+    runs three optimizer internals per replica; backends/jax/__init__.py reads
     ``Variable._value`` to see a callback's assignment between steps."""
     import keras
     from keras.src.losses import loss as loss_module
@@ -108,3 +108,22 @@ def test_sparse_converters_used_for_sparse_inputs():
     for name in ("scipy_sparse_to_tf_sparse", "scipy_sparse_to_jax_sparse", "tf_sparse_to_jax_sparse",
                  "jax_sparse_to_tf_sparse", "is_scipy_sparse", "is_tensorflow_sparse", "is_jax_sparse"):
         assert callable(getattr(_keras_private._adapter_utils, name)), name
+
+
+def test_engine_internals_the_backends_use_still_exist():
+    import keras
+
+    loss = _keras_private.loss_module()
+    assert callable(loss.scale_loss_for_distribution) and callable(loss.unscale_loss_for_distribution)
+    assert callable(_keras_private.backend_update_step())
+    if keras.backend.backend() == "torch":
+        core = _keras_private.torch_core(capture=True)  # the installed Keras is in the verified range
+        assert callable(core.cond) and callable(core.get_device)
+
+
+def test_torch_capture_refuses_an_unverified_keras_with_the_fix(monkeypatch):
+    import pytest
+
+    monkeypatch.setattr(_keras_private, "_keras_version", lambda: (3, 99))
+    with pytest.raises(RuntimeError, match=r"verified on Keras 3\.\d+ to 3\.\d+.*run_eagerly=True"):
+        _keras_private.torch_core(capture=True)

@@ -1,0 +1,297 @@
+"""PyTorch engine: eager steps (``torch.compile`` on request), gradients from
+``torch.autograd.grad``. Steps run under ``no_grad``; only the function given
+to ``value_and_grad`` records a graph, so optimizer and metric updates never
+do, and gradients never leak into other networks' ``.grad``.
+
+Owns everything torch: this module (the protocol functions), ``capture.py``
+and ``graph_passes.py`` (graph capture of compiled steps), ``optim.py``
+(``torch.optim`` as a Keras optimizer) and ``distributed.py``
+(``torch.distributed`` data parallelism, torchrun). May import torch, keras,
+numpy and ``loops._keras_private``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import torch
+
+from . import distributed as _dp
+from . import capture
+from .distributed import data_parallel, replicas  # noqa: F401  (protocol functions)
+
+NAME = "torch"
+
+# Depth of value_and_grad calls on this thread: a nested call must build a
+# differentiable graph (create_graph) so the outer call can differentiate it.
+_nesting = threading.local()
+
+
+class _Runner:
+    def __init__(self, variables: Sequence[keras.Variable]):
+        self.variables = list(variables)
+
+    def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool,
+                on_trace: Callable[[Any], None] | None = None, kind: str = "train") -> Callable[[Any], Any]:
+        gather = kind == "predict" and _dp.active()  # each process predicted its rows
+
+        def step(batch: Any) -> Any:
+            with torch.no_grad():
+                out = fn(batch)
+                return _dp.gather_rows(out) if gather else out
+
+        if eager:
+            return step  # nothing is traced, so on_trace is never called
+        if not jit_compile:
+            if _dp.active():
+                return step  # the gradient all-reduce runs eagerly (DDP's hooks)
+            # The compiled mode: the step's first call is captured as an aten
+            # graph, later calls replay it (see capture.py).
+            return capture.CapturedStep(fn, self.variables, on_trace)
+        if on_trace is None:
+            return torch.compile(step)
+        return _counting_compiles(step, on_trace)
+
+    def sync(self) -> None:
+        return None
+
+
+def _counting_compiles(step: Callable[[Any], Any], on_trace: Callable[[Any], None]) -> Callable[[Any], Any]:
+    """``torch.compile(step)`` that calls ``on_trace(batch)`` after each call
+    during which dynamo compiled something. Dynamo replays Python side effects
+    at every call, so the step's own Python cannot count traces; its backend
+    (inductor, wrapped) is called once per graph it compiles. A call that
+    compiles several graphs (graph breaks) counts once."""
+    compiled_now = [False]
+
+    def backend(gm: Any, example_inputs: Any) -> Any:
+        compiled_now[0] = True
+        return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
+
+    compiled = torch.compile(step, backend=backend)
+
+    def run(batch: Any) -> Any:
+        compiled_now[0] = False
+        out = compiled(batch)
+        if compiled_now[0]:
+            on_trace(batch)
+        return out
+
+    return run
+
+
+def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
+    _dp.broadcast_state(variables)  # data parallel: every process starts from rank 0's state
+    return _Runner(variables)
+
+
+def value_and_grad(
+    fn: Callable[..., Any],
+    variables: Sequence[keras.Variable],
+    *,
+    inputs: Sequence[Any] = (),
+    has_aux: bool,
+    state: Sequence[keras.Variable],
+    detect_unused: bool = False,
+) -> tuple[Any, list[Any]]:
+    del state, detect_unused  # stateful engine; autograd reports None itself
+    # An input already in a graph (nested call) stays connected; a plain
+    # tensor becomes a leaf that records its uses.
+    inputs = [t if t.requires_grad else t.detach().requires_grad_(True) for t in inputs]
+    targets = [v.value for v in variables] + inputs
+    depth = getattr(_nesting, "depth", 0)
+    _nesting.depth = depth + 1
+    try:
+        with torch.enable_grad():
+            out = fn(*inputs)
+    finally:
+        _nesting.depth = depth
+    loss = out[0] if has_aux else out
+    if not loss.requires_grad:
+        return out, [None] * len(targets)
+    nested = depth > 0
+    grads: list[Any] = list(torch.autograd.grad(
+        loss,
+        targets,
+        allow_unused=True,
+        create_graph=nested,
+        retain_graph=nested,
+    ))
+    if not nested:  # data parallel: the global batch's gradient (DDP's all-reduce)
+        grads[:len(variables)] = _dp.mean_gradients(grads[:len(variables)])
+    return out, grads
+
+
+def traces(eager: bool, jit_compile: bool) -> bool:
+    # Captured (see capture.py): the Python runs once per input signature
+    # (unless the capture fails: then eagerly, and tracing() says so).
+    # torch.compile replays the Python's side effects at every call.
+    return not eager and not jit_compile
+
+
+def tracing() -> bool:
+    # Under torch.compile a print breaks the graph and runs at every call.
+    return capture.capturing()
+
+
+def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
+    if torch.compiler.is_compiling():
+        return  # dynamo is tracing: no values
+    def host(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return np.asarray(t)
+        t = t.detach().cpu()
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # NumPy has no bfloat16
+
+    fn(*[host(t) for t in tensors])
+
+
+# NumPy dtypes torch holds as they are (keras.ops.convert_to_tensor keeps them too).
+_SAME_DTYPES = {np.dtype(d) for d in ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                                      "uint8", "bool", "complex64", "complex128")}
+
+
+def _tensor(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, np.ndarray):
+        from loops._keras_private import is_sparse
+
+        if is_sparse(value):
+            raise ValueError(
+                f"Sparse inputs ({type(value).__module__}.{type(value).__name__}) are not supported on the "
+                "torch backend (Keras's model.fit does not take them there either). Densify them first "
+                "(x.toarray() for SciPy, tf.sparse.to_dense, bcoo.todense()), or train on jax or tensorflow.")
+    if not isinstance(value, np.ndarray) or value.dtype not in _SAME_DTYPES:
+        return keras.ops.convert_to_tensor(value)
+    # A fresh array (a shuffled batch) is wrapped without a copy; a view of
+    # the caller's data is copied, so a step writing into its inputs cannot
+    # write into the caller's arrays. (keras.ops.convert_to_tensor costs
+    # ~25 us per array here, most of it not the copy.)
+    own = value.flags.owndata and value.flags.writeable and value.flags.c_contiguous
+    tensor = torch.from_numpy(value if own else np.array(value, order="C"))
+    device = _keras_device()
+    return tensor if device == "cpu" else tensor.to(device)
+
+
+@functools.cache
+def _keras_device() -> str:
+    from loops._keras_private import torch_core
+
+    return str(torch_core().get_device())
+
+
+def to_native(batch: Any) -> Any:
+    return keras.tree.map_structure(_tensor, batch)
+
+
+def to_step_input(batch: Any) -> Any:
+    return to_native(batch)
+
+
+def step_context() -> contextlib.AbstractContextManager[None]:
+    return torch.no_grad()
+
+
+def resolve_jit_compile(value: bool | str) -> bool:
+    # As Keras: "auto" means eager on torch.
+    return False if value == "auto" else bool(value)
+
+
+def set_deterministic(enabled: bool) -> None:
+    if enabled:
+        # cuBLAS needs a fixed workspace for deterministic matmuls on CUDA
+        # (read when cuBLAS initializes: set it early); harmless on CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    if enabled:
+        torch.backends.cudnn.benchmark = False
+
+
+def prepare_optimizer(optimizer: Any) -> None:
+    # Keras's torch SGD and Adadelta pass the learning rate, a tensor, as a
+    # foreach op's `alpha`, which torch reads as a Python number: a captured
+    # step (see capture.py) cannot hold that. Their per-variable update_step
+    # (keras.ops, the rate stays a tensor) is the same rule.
+    if isinstance(optimizer, (keras.optimizers.SGD, keras.optimizers.Adadelta)) \
+            and hasattr(optimizer, "_parallel_update_step") and "_backend_update_step" not in vars(optimizer):
+        from loops._keras_private import backend_update_step
+
+        optimizer._backend_update_step = functools.partial(backend_update_step(), optimizer)
+
+
+def wrap_native_optimizer(native: Any, options: dict[str, Any]) -> Any:
+    from .optim import TorchOptimizer
+
+    kwargs = dict(options)
+    cls = native
+    if isinstance(native, functools.partial):  # functools.partial(torch.optim.Adam, lr=1e-3)
+        if native.args:
+            raise TypeError("Pass a torch optimizer's arguments by keyword: functools.partial(torch.optim.Adam, lr=1e-3).")
+        cls = native.func
+        kwargs = {**native.keywords, **kwargs}
+    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
+        return TorchOptimizer(cls, **kwargs)
+    if isinstance(native, torch.optim.Optimizer):
+        raise TypeError(
+            f"Pass the torch optimizer's class, not an instance ({type(native).__name__} over some "
+            f"parameters): loops.optimizers.from_torch(torch.optim.{type(native).__name__}, lr=...) creates "
+            "it over the Keras model's variables.")
+    return None
+
+
+def loop_steps(step: Callable[[Any], Any], variables: Sequence[keras.Variable]) -> Callable[[Any], Any]:
+    # No graph capture on torch: the k steps run as a Python loop inside one
+    # call (one transfer of the stacked batches; torch.compile, with
+    # jit_compile=True, compiles the loop body).
+    del variables
+
+    def run(stacked: Any) -> Any:
+        first = next(t for t in keras.tree.flatten(stacked) if t is not None)
+        logs = None
+        for i in range(int(first.shape[0])):
+            logs = step(keras.tree.map_structure(lambda t, i=i: None if t is None else t[i], stacked))
+        return logs
+
+    return run
+
+
+def prefetch_default() -> int:
+    # On CPU the prefetch thread only wraps NumPy arrays (torch.as_tensor, no
+    # copy) and its hand-off competes with the step's intra-op threads
+    # (measured on 2 cores: MLP 1.18x -> 1.10x, CNN 1.36x -> 1.06x the
+    # native loop); on a GPU it overlaps the host-to-device copy.
+    return 1 if torch.cuda.is_available() else 0
+
+
+def rng_state() -> dict[str, Any]:
+    # An unseeded keras Dropout/noise layer on torch calls torch's own
+    # functional ops, which draw from torch's global generators.
+    state = {"torch_cpu": torch.get_rng_state().numpy()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"torch_cuda_{i}"] = s.numpy()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    if "torch_cpu" in state:
+        torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_cpu"], dtype=np.uint8)))
+    cuda = [state[f"torch_cuda_{i}"] for i in range(torch.cuda.device_count()) if f"torch_cuda_{i}" in state]
+    if cuda and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.from_numpy(np.asarray(s, dtype=np.uint8)) for s in cuda])
+
+
+def take_rows(leaf: Any, index: Any) -> Any:
+    return leaf[index]
+
+
+def concat_rows(parts: Sequence[Any]) -> Any:
+    return np.concatenate(parts, axis=0)

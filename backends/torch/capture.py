@@ -1,0 +1,386 @@
+"""Graph capture for torch steps: the compiled mode of the torch engine.
+
+Keras layers, losses, metrics and optimizers cost far more Python per call on
+torch than the tensor work they do (a Dense layer's ``__call__`` is ~50 µs of
+bookkeeping around one matmul). jax and tensorflow trace that Python once and
+then run a graph; this module gives torch the same: the step's first call for
+each input signature runs under ``make_fx`` (the tracer AOTAutograd is built
+on), which records every aten operation the step performs, forward, backward
+(``torch.autograd.grad`` dispatches its ops through the tracer) and the
+optimizer's in-place updates alike. Later calls replay that graph on the
+variables' live tensors: no Keras Python runs, the updates land in place, as
+in eager mode. It is not ``torch.compile``: nothing is generated or fused, so
+capture takes a fraction of a second and the replay runs the ops eager mode
+runs (less ``detach``, folded constants and dead ops; and, where a replay
+from the step's starting state shows the same results, without Keras's
+memory-format copies around convolutions and pools).
+
+What a graph cannot hold is a value the step reads back into Python
+(``.item()``, ``bool(t)``, ``.numpy()``: a Python ``if`` on a tensor, a
+Keras ``SeedGenerator`` seeding a ``torch.Generator``). The capture stops at
+the first such read, restores the variables and torch's RNG, and that step
+then runs eagerly for good (a warning names the read).
+
+The capturing call is itself the step: its updates are the real ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import re
+import threading
+import time
+import traceback
+import warnings
+from typing import Any, Callable, Iterator, Sequence
+
+import keras
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from . import graph_passes
+
+_aten = torch.ops.aten
+
+# Ops that hand a tensor's value to Python: a graph would bake the value in.
+_HOST_READS = {_aten._local_scalar_dense.default, _aten.item.default, _aten.is_nonzero.default,
+               _aten.equal.default}
+
+
+_state = threading.local()
+
+
+def capturing() -> bool:
+    """True while a step is being captured on this thread."""
+    return getattr(_state, "capturing", False)
+
+
+class HostRead(Exception):
+    """The step read a tensor's value into Python while being captured."""
+
+
+class _RefuseHostReads(TorchDispatchMode):
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in _HOST_READS:
+            raise HostRead(f"{func.name()}")
+        return func(*args, **(kwargs or {}))
+
+
+class _NoTensorExport:
+    """``Tensor.numpy()`` / ``.tolist()`` read memory without dispatching an
+    op, so the dispatch mode cannot see them: refused while capturing."""
+
+    names = ("numpy", "tolist", "__array__")
+
+    def __enter__(self) -> None:
+        self.saved = {name: getattr(torch.Tensor, name) for name in self.names}
+        for name, original in self.saved.items():
+            setattr(torch.Tensor, name, _refuse(name, original))
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, method in self.saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def _refuse(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if capturing():  # this thread's step; other threads (data loading) are not affected
+            raise HostRead(f"Tensor.{name}()")
+        return original(self, *args, **kwargs)
+
+    return method
+
+
+def _torchscript(graph: Any, tensors: list[Any], inputs: list[Any]) -> Callable[[list[Any], list[Any]], Any] | None:
+    """The graph as a TorchScript trace, or None. TorchScript's interpreter
+    runs the ops from C++: on the MLP benchmark the step is ~12% faster than
+    the FX graph's generated Python, on the tiny MLP ~30%. ``torch.jit.trace``
+    is deprecated (torch 2.13 says so), so this is an executor, not a
+    dependency: where it is missing, fails, or does not reproduce the
+    captured step, the FX graph runs instead. ``LOOPS_TORCH_REPLAY=fx``
+    turns it off."""
+    if os.environ.get("LOOPS_TORCH_REPLAY", "").lower() == "fx" or not hasattr(torch.jit, "trace"):
+        return None
+    try:
+        # Tracing runs the step once, on copies: its random draws must not count.
+        with _trial_run(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its deprecation notice, and tracer hints
+            with torch.no_grad():
+                scratch = tuple(t.detach().clone() for t in tensors)
+                traced = torch.jit.trace(lambda state, batch: graph(list(state), list(batch)),
+                                         (scratch, tuple(inputs)), check_trace=False, strict=False)
+    except Exception:  # noqa: BLE001 - any failure: keep the FX graph
+        return None
+
+    def run(state: list[Any], batch: list[Any]) -> Any:
+        return traced(tuple(state), tuple(batch))
+
+    return run
+
+
+def _faster(a: Callable[..., Any], b: Callable[..., Any], state: list[Any], inputs: list[Any],
+            runs: int = 3, budget_s: float = 0.5) -> bool:
+    """Whether ``a`` runs the step faster than ``b`` (best of ``runs`` each,
+    interleaved, on copies of the state; the RNG is put back). TorchScript's
+    interpreter wins on small ops (MLPs: ~12%) and loses on convolution
+    graphs with channels-last views (~12% on the benchmark CNN), so the
+    executor is measured rather than assumed. A step slower than
+    ``budget_s`` is compute-bound: the executor hardly matters, ``b`` stays."""
+    scratch = [t.detach().clone() for t in state]
+    best = {id(a): float("inf"), id(b): float("inf")}
+    try:
+        with _trial_run():
+            for _ in range(runs):
+                for fn in (a, b):
+                    start = time.perf_counter()
+                    out = fn(scratch, inputs)
+                    for leaf in pytree.tree_leaves(out):  # waits for the device, where there is one
+                        if isinstance(leaf, torch.Tensor) and leaf.is_cuda:
+                            torch.cuda.synchronize(leaf.device)
+                            break
+                    best[id(fn)] = min(best[id(fn)], time.perf_counter() - start)
+                    if best[id(fn)] > budget_s:
+                        return False
+    except Exception:  # noqa: BLE001 - a failing executor is not faster
+        return False
+    return best[id(a)] < best[id(b)]
+
+
+class _CapturableKeras:
+    """Keras torch functions that read values, replaced while capturing by
+    equivalents a graph can hold (other threads and eager steps get the
+    originals):
+
+    - ``keras.ops.cond``: Keras's torch version is a Python ``if`` on the
+      predicate. When neither branch writes state (a learning-rate schedule's
+      warm-up, a loss's case split) both are computed and the results
+      selected with ``torch.where``, as XLA lowers a small ``cond``. A branch
+      that assigns variables (gradient accumulation, loss scaling) cannot be
+      selected after the fact: the step runs eagerly.
+    - ``torch.nn.functional.one_hot``: torch checks the labels' range with
+      two value reads; a comparison with ``arange`` builds the same matrix.
+    """
+
+    def __init__(self, tensors: Sequence[Any]):
+        self.tensors = tensors
+
+    def __enter__(self) -> None:
+        from loops._keras_private import torch_core as _torch_core
+
+        torch_core = _torch_core(capture=True)
+
+        self.core = torch_core
+        self.saved_cond, self.saved_one_hot = torch_core.cond, torch.nn.functional.one_hot
+        original_cond, original_one_hot = self.saved_cond, self.saved_one_hot
+        tensors = self.tensors
+
+        def cond(pred: Any, true_fn: Callable[[], Any], false_fn: Callable[[], Any]) -> Any:
+            if not capturing() or not isinstance(pred, torch.Tensor):
+                return original_cond(pred, true_fn, false_fn)
+            versions = [t._version for t in tensors]
+            with keras.StatelessScope() as scope:  # records assignments instead of applying them
+                if_true, if_false = true_fn(), false_fn()
+            if scope.state_mapping or [t._version for t in tensors] != versions:
+                raise HostRead("keras.ops.cond whose branches assign variables")
+            return keras.tree.map_structure(
+                lambda a, b: torch.where(pred.bool(), torch.as_tensor(a), torch.as_tensor(b)), if_true, if_false)
+
+        def one_hot(x: Any, num_classes: int = -1) -> Any:
+            if not capturing() or num_classes < 0:
+                return original_one_hot(x, num_classes)
+            return (x.unsqueeze(-1) == torch.arange(num_classes, device=x.device)).long()
+
+        torch_core.cond = cond
+        torch.nn.functional.one_hot = one_hot  # type: ignore[assignment]
+
+    def __exit__(self, *exc: Any) -> None:
+        self.core.cond = self.saved_cond
+        torch.nn.functional.one_hot = self.saved_one_hot
+
+
+def _where_in_user_code(error: BaseException) -> tuple[str, bool]:
+    """Where the read is (the innermost frame outside torch, Keras and this
+    module), and whether it is a Keras random op's."""
+    frames = traceback.extract_tb(error.__traceback__)
+    paths = [frame.filename.replace("\\", "/") for frame in frames]
+    from_random = any("/keras/src/random/" in path for path in paths)
+    for frame, path in zip(reversed(frames), reversed(paths)):
+        if not any(part in path for part in ("/torch/", "/keras/", "/backends/torch/")):
+            return f"{frame.filename}:{frame.lineno} ({frame.line})", from_random
+    return "unknown location", from_random
+
+
+MAX_GRAPHS = 8
+
+
+class CapturedStep:
+    """``step(batch)`` that captures ``fn`` on each new input signature and
+    replays the graph; falls back to ``fn`` itself (eager) where it cannot."""
+
+    def __init__(self, fn: Callable[[Any], Any], variables: Sequence[keras.Variable],
+                 on_trace: Callable[[Any], None] | None = None):
+        self.fn = fn
+        self.variables = list(variables)
+        self.on_trace = on_trace
+        self.graphs: dict[Any, Any] = {}
+        self.eager_reason: str | None = None  # set when capture failed: every call runs eagerly
+        self.warned_too_many = False
+
+    def __call__(self, batch: Any) -> Any:
+        if self.eager_reason is not None:
+            return self._eager(batch)
+        leaves, spec = pytree.tree_flatten(batch)
+        try:
+            key = (spec, tuple((t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else ("v", t)
+                               for t in leaves))
+            hash(key)
+        except TypeError:  # an unhashable non-tensor leaf: nothing to key a graph on
+            return self._eager(batch)
+        graph = self.graphs.get(key)
+        tensors = [v._value for v in self.variables]
+        if graph is None:
+            if len(self.graphs) >= MAX_GRAPHS:
+                return self._too_many(batch)
+            return self._capture(key, batch, leaves, spec, tensors)
+        with torch.no_grad():
+            return graph(tensors, [t for t in leaves if isinstance(t, torch.Tensor)])
+
+    def _too_many(self, batch: Any) -> Any:
+        if not self.warned_too_many:
+            self.warned_too_many = True
+            warnings.warn(
+                f"This step has been captured for {MAX_GRAPHS} different input shapes/dtypes; batches of "
+                "any further shape run eagerly (capturing costs more than an eager step, so a stream of "
+                "new shapes would be slower captured). Pad or bucket inputs to a few shapes.", stacklevel=4)
+        return self._eager(batch)
+
+    def _eager(self, batch: Any) -> Any:
+        with torch.no_grad():
+            return self.fn(batch)
+
+    def _capture(self, key: Any, batch: Any, leaves: list[Any], spec: Any, tensors: list[Any]) -> Any:
+        positions = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor)]
+        outputs: list[Any] = []
+
+        def traced(tensors: list[Any], inputs: list[Any]) -> Any:
+            del tensors  # read through the variables: make_fx maps them to the inputs by identity
+            full = list(leaves)
+            for i, t in zip(positions, inputs):
+                full[i] = t
+            with torch.no_grad(), _RefuseHostReads():
+                out = self.fn(pytree.tree_unflatten(full, spec))
+            outputs.append(out)
+            return out
+
+        saved = [t.detach().clone() for t in tensors]
+        rng = _rng_state()
+        try:
+            # Warnings the step's Python raises are held back: if the capture
+            # fails, the eager rerun raises its own (print() inside a compiled
+            # step warns only where the step really is traced).
+            with warnings.catch_warnings(record=True) as held, _NoTensorExport(), _CapturableKeras(tensors):
+                warnings.simplefilter("always")
+                _state.capturing = True
+                try:
+                    graph = make_fx(traced, tracing_mode="real")(tensors, [leaves[i] for i in positions])
+                finally:
+                    _state.capturing = False
+            for w in held:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        except HostRead as e:
+            self._restore(tensors, saved, rng)
+            where, from_random = _where_in_user_code(e)
+            # (Keras re-raises errors from a layer's call with its own message around ours.)
+            found = re.search(r"aten::\w+|Tensor\.\w+\(\)|keras\.ops\.cond[^\n.]*", str(e))
+            self.eager_reason = f"{found.group(0) if found else e} at {where}"
+            if from_random:
+                advice = ("Keras's seeded random ops (keras.random.* with a seed or SeedGenerator) seed a "
+                          "torch.Generator from a tensor's value at every call. For noise a graph can hold, "
+                          "pass the noise in the batch, or draw it with loops.parity.neutral_uniform")
+            else:
+                advice = ("Keep values as tensors inside the step (keras.ops.where instead of an `if` on a "
+                          "tensor, no .item() / float())")
+            warnings.warn(
+                f"This step reads a tensor's value into Python ({self.eager_reason}), so torch cannot run it "
+                f"as a captured graph: it runs eagerly instead, as Keras's own torch loop does (slower). "
+                f"{advice}; or pass Trainer(..., run_eagerly=True) to silence this.",
+                stacklevel=4)
+            return self._eager(batch)
+        except Exception:
+            self._restore(tensors, saved, rng)
+            raise
+        graph_passes.simplify(graph)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's pytree specs, deep-copied
+            candidate = copy.deepcopy(graph)
+        inputs = [leaves[i] for i in positions]
+        if graph_passes.relayout(candidate) and self._reproduces(candidate, saved, rng, inputs, outputs[-1], tensors):
+            graph = candidate
+        replay: Callable[[list[Any], list[Any]], Any] = graph
+        executor = _torchscript(graph, tensors, inputs)
+        if executor is not None and self._reproduces(executor, saved, rng, inputs, outputs[-1], tensors) \
+                and _faster(executor, graph, saved, inputs):
+            replay = executor
+        self.graphs[key] = replay
+        if self.on_trace is not None:
+            self.on_trace(batch)
+        return outputs[-1]  # the capture ran the step for real: these are its results
+
+    @staticmethod
+    def _reproduces(graph: Any, before: list[Any], rng: Any, inputs: list[Any], outputs: Any,
+                    after: list[Any]) -> bool:
+        """Whether ``graph``, run from the state before the step (copies) and
+        the same random state, gives the step's outputs and final state."""
+        trial = [t.clone() for t in before]
+        try:
+            with _trial_run(start=rng):
+                got = graph(trial, inputs)
+            def close(a: Any, b: Any) -> bool:
+                if not isinstance(a, torch.Tensor):
+                    return True
+                if a.shape != b.shape or a.dtype != b.dtype:
+                    return False
+                if not a.is_floating_point():
+                    return bool(torch.equal(a, b))
+                return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6, equal_nan=True))
+
+            same_out = all(close(a, b) for a, b in zip(pytree.tree_leaves(got), pytree.tree_leaves(outputs)))
+            return same_out and all(close(a, b) for a, b in zip(trial, after))
+        except Exception:  # noqa: BLE001 - e.g. a view of what is no longer contiguous
+            return False
+
+    @staticmethod
+    def _restore(tensors: list[Any], saved: list[Any], rng: Any) -> None:
+        with torch.no_grad():
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
+        _set_rng_state(rng)
+
+
+@contextlib.contextmanager
+def _trial_run(start: Any = None) -> Iterator[None]:
+    """A run of the step that must leave no trace: under ``no_grad``, from
+    the random state ``start`` if given, with torch's RNG put back after."""
+    now = _rng_state()
+    if start is not None:
+        _set_rng_state(start)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        _set_rng_state(now)
+
+
+def _rng_state() -> Any:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state: Any) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)

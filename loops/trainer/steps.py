@@ -1,0 +1,259 @@
+"""Compiling steps: building unbuilt models, the first-step checks, the step cache.
+
+``StepsMixin._step_fn(kind, sample)`` is where a ``train_step``/``test_step``/
+``predict_step`` (the default ones or a subclass's) becomes the function the
+loop calls: on first use the models are built (symbolically for the default
+steps, by one discarded eager pass for a custom step), the step runs once
+eagerly with every state change discarded (optimizers build, checks on
+shapes, gradients and stray variables run), the variables are collected, and
+the engine compiles the step (``Runner.compile``; ``loop_steps`` for
+``steps_per_execution``). It compiles again only when the variables or the
+compile options change.
+
+May import: keras, ``loops.backends`` (through ``self._engine``), the debug,
+data and distributed packages, ``loops._keras_private``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+import warnings
+from typing import Any, Callable, Sequence
+
+import keras
+
+from loops import distributed as _distributed
+from loops import optimizers as _optimizers
+from loops._keras_private import compute_output_spec, is_ragged, is_sparse, pending_variables
+from loops.data import padding as _padding
+from loops.debug import diagnostics as _debug
+from loops.debug import nans as _nans
+from loops.trainer import checks as _checks
+from loops.trainer.state import StateMixin, discover_variables
+
+
+class _RecordingScope(keras.StatelessScope):
+    """A throwaway scope that remembers every variable a step assigns."""
+
+    def __init__(self) -> None:
+        # No mapping: reads see the real variables (engines key optimizer slots
+        # by the real variable objects), assigns are recorded and then dropped.
+        super().__init__(collect_losses=True)
+        self.assigned: dict[int, keras.Variable] = {}
+
+    def add_update(self, update: tuple[keras.Variable, Any]) -> None:
+        self.assigned[id(update[0])] = update[0]
+        super().add_update(update)
+
+
+def _build_only(optimizer: keras.optimizers.Optimizer, building: bool = False) -> Callable[..., None]:
+    def apply(grads: Sequence[Any], trainable_variables: Sequence[keras.Variable] | None = None) -> None:
+        if building:
+            return  # the models are still being built: the variables are not all there yet
+        if not optimizer.built:
+            if trainable_variables is None:
+                raise ValueError(
+                    f"Optimizer {optimizer.name!r} is applied before it was built and without "
+                    "variables: call optimizer.apply(grads, variables).")
+            optimizer.build(list(trainable_variables))
+
+    return apply
+
+
+_CREATED_IN_STEP = (
+    "The step creates variable(s) {names} that the Trainer does not hold: a variable made inside "
+    "train_step is made anew at every call (and under jit its state is lost). Create layers, "
+    "variables and metrics in __init__ and keep them as attributes.")
+
+
+def _warn_on_print(body: Callable[[Any], Any], kind: str, tracing: Callable[[], bool]) -> Callable[[Any], Any]:
+    """Wraps a compiled step's Python body so that ``print`` inside it warns
+    while the step is traced: the body runs then, not at every step."""
+
+    def traced(batch: Any) -> Any:
+        original = builtins.print
+
+        def print_once(*args: Any, sep: str = " ", end: str = "\n", file: Any = None, flush: bool = False) -> None:
+            if not tracing():  # an engine ran this body eagerly after all (a torch step it could not capture)
+                original(*args, sep=sep, end=end, file=file, flush=flush)
+                return
+            warnings.warn(
+                f"print() inside a compiled {kind}_step runs only while the step is traced (once), "
+                "not at every step. Pass Trainer(..., run_eagerly=True) to debug with print, or "
+                "return the value in the step's logs.", stacklevel=2)
+            # Written out rather than calling the real print: tf.function's
+            # autograph routes print back through builtins.print (recursion).
+            (file or sys.stdout).write(sep.join(map(str, args)) + end)
+
+        builtins.print = print_once  # type: ignore[assignment]
+        try:
+            return body(batch)
+        finally:
+            builtins.print = original
+
+    return traced
+
+
+def _eager_loop(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def run(stacked: Any) -> Any:
+        logs = None
+        for batch in _padding.unstack(stacked):
+            logs = step(batch)
+        return logs
+
+    return run
+
+
+class StepsMixin(StateMixin):
+    """Turns the trainer's steps into compiled functions (see the module docstring)."""
+
+    # Provided by Trainer and its other parts:
+    _engine: Any
+    _optimizer_options: dict[str, Any]
+    _runner_key: Any
+    _state: list[keras.Variable]
+    _building: bool
+    _in_first_step: bool
+    model: keras.Model | None
+    jit_compile: Any
+    run_eagerly: bool
+    steps_per_execution: int
+    train_step: Callable[[Any], Any]
+    test_step: Callable[[Any], Any]
+    predict_step: Callable[[Any], Any]
+    _call_model: Callable[..., Any]
+    _uses_default: Callable[[str], bool]
+
+    def _unbuilt(self) -> list[keras.Layer]:
+        return [m for m in self.models
+                if not all(layer.built for layer in m._flatten_layers(include_self=True))]
+
+    def _build_models(self, step: Callable[[Any], Any], batch: Any, kind: str) -> None:
+        """Builds models that are still unbuilt (a subclassed ``keras.Model``,
+        a ``Sequential`` without ``keras.Input``) on the first batch, as
+        ``model.fit`` does, so that the step sees their variables.
+
+        The default steps' model is built symbolically (``compute_output_spec``
+        on the batch's shapes, Keras's own way: no computation); anything still
+        unbuilt after that (the models of a custom step) by one eager pass of
+        the step whose state changes are all discarded.
+        """
+        if not self._unbuilt():
+            return
+        if self.model is not None and self._uses_default(kind) and self.model in self._unbuilt():
+            data, _ = _padding.unwrap(batch)
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+            symbolic = keras.tree.map_structure(
+                lambda t: None if t is None else keras.KerasTensor(
+                    tuple(t.shape), keras.backend.standardize_dtype(t.dtype), sparse=is_sparse(t),
+                    ragged=is_ragged(t)), x)
+            compute_output_spec(self._call_model, symbolic, False)
+        if not self._unbuilt():
+            return
+        optimizers = self.optimizers
+        for opt in optimizers:
+            opt.apply = _build_only(opt, building=True)
+        self._building = True
+        try:
+            with self._engine.step_context(), keras.StatelessScope():
+                step(batch)
+        finally:
+            self._building = False
+            for opt in optimizers:
+                vars(opt).pop("apply", None)
+        self._metrics_cache = None
+
+    def _first_step(self, step: Callable[[Any], Any], batch: Any, kind: str = "train") -> None:
+        """Runs ``step`` once eagerly with every state change discarded.
+
+        It builds whatever is still unbuilt (model, compiled metrics, any
+        optimizer, whose variables exist only after ``build``) before the state
+        is collected for compilation, and it runs the one-time checks: shapes,
+        variables without a gradient, and variables the step assigns that the
+        trainer cannot see (under jax.jit their updates would be lost).
+        """
+        _debug.prepare(self)  # grad_diagnostics' metric, before the state is collected
+        self._build_models(step, batch, kind)
+        self._state = discover_variables(self)
+        # The Trainer's optimizer options on every optimizer it holds (custom
+        # steps' too), and the engine's adaptations, before anything builds.
+        _optimizers.prepare(self.optimizers, self._optimizer_options)
+        # Optimizers only build here: their updates are engine-specific writes
+        # (tensorflow's bypass keras.Variable) that no scope can intercept.
+        optimizers = self.optimizers
+        for opt in optimizers:
+            opt.apply = _build_only(opt)  # instance attribute shadows the method
+        self._in_first_step = True
+        try:
+            with self._engine.step_context(), _RecordingScope() as scope:
+                try:
+                    step(batch)
+                except ValueError as e:
+                    if "create a variable while in a stateless scope" in str(e):
+                        raise ValueError(_CREATED_IN_STEP.format(names="(one from a value)")) from e
+                    raise
+                created = pending_variables()
+        finally:
+            self._in_first_step = False
+            for opt in optimizers:
+                vars(opt).pop("apply", None)
+        known = {id(v) for v in discover_variables(self)}
+        transient = [v for v in created if id(v) not in known]
+        if transient:
+            names = ", ".join(f"{v.path} {tuple(v.shape)}" for v in transient)
+            raise ValueError(_CREATED_IN_STEP.format(names=names))
+        stray = [v for i, v in scope.assigned.items() if i not in known]
+        if stray:
+            names = ", ".join(f"{v.path} {tuple(v.shape)}" for v in stray)
+            raise ValueError(
+                f"The step assigns variable(s) {names} that the Trainer cannot see. Under jax.jit the "
+                "update would be lost (a SeedGenerator would give the same noise every step). Make the "
+                "owner an attribute of the Trainer (self.noise = keras.random.SeedGenerator(0)) or of a "
+                "layer the Trainer holds."
+            )
+
+    def _step_fn(self, kind: str, sample: Any) -> Callable[[Any], Any]:
+        """The compiled function for ``kind``, built on first use (and again
+        when the set of variables or the compile options change)."""
+        user_step = {"train": self.train_step, "test": self.test_step, "predict": self.predict_step}[kind]
+
+        def step(batch: Any) -> Any:
+            # A step may return a keras.Variable (a metric's result()); return its value.
+            return keras.tree.map_structure(
+                lambda t: t.value if isinstance(t, keras.Variable) else t,
+                _debug.with_gradient_stats(self, kind, user_step(batch)))
+
+        jit = self._engine.resolve_jit_compile(self.jit_compile)
+        if kind not in self._step_fns or self._runner_key != self._key(jit):
+            self._sync()
+            try:
+                self._first_step(step, self._engine.to_native(sample), kind)
+            except Exception as e:
+                _checks.explain_string_inputs(sample, e)  # raises a clear error if strings were the cause
+                raise
+            key = self._key(jit)
+            if key != self._runner_key:
+                self._runner = self._engine.make_runner(self._state)
+                self._runner_key = key
+                self._step_fns = {}
+            eager = bool(self.run_eagerly)
+            body: Callable[[Any], Any] = step
+            if self.steps_per_execution > 1 and kind != "predict":
+                # k steps over batches stacked on a leading axis, in one call:
+                # lax.scan (jax), tf.while_loop (tensorflow), a Python loop (torch, eager).
+                body = _eager_loop(step) if eager else self._engine.loop_steps(step, self._state)
+            if self._engine.traces(eager, jit):
+                body = _warn_on_print(body, kind, self._engine.tracing)  # its Python runs only while tracing
+            many = self.steps_per_execution > 1 and kind != "predict"
+            # (the trace counter describes a stacked execution's shapes as they are)
+            compiled = self._runner.compile(body, eager=eager, jit_compile=jit, kind=kind,
+                                            on_trace=_debug.trace_counter(self, kind, False))
+            self._step_fns[kind] = _nans.guard(self, kind, compiled, step, many)  # debug_nans
+        return self._step_fns[kind]
+
+    def _key(self, jit: bool) -> tuple[Any, ...]:
+        self._state = discover_variables(self)
+        self._metrics_cache = None  # attributes or built metrics may have changed
+        return (tuple(id(v) for v in self._state), bool(self.run_eagerly), jit, self.steps_per_execution,
+                _distributed.current(self).key)  # data parallel or not: steps compile differently
