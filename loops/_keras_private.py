@@ -22,7 +22,7 @@ from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 __all__ = ["TORCH_CAPTURE_VERIFIED", "backend_update_step", "loss_module", "torch_core", "compile_state_metrics", "is_ragged", "is_sparse", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
            "attach_compile_state", "overrides", "losses_average_over_batch", "metrics_take_sample_weight",
-           "pending_variables",
+           "pending_variables", "reset_global_seed_generator",
            "update_metrics_masked"]
 
 
@@ -30,6 +30,13 @@ def pending_variables() -> list[Any]:
     """Variables created inside the current ``StatelessScope`` (Keras defers
     their initialization to the scope's exit and lists them here)."""
     return list(global_state.get_global_attribute("uninitialized_variables", None) or [])
+
+
+def reset_global_seed_generator() -> None:
+    """Drops Keras's global ``SeedGenerator`` (what ``keras.random`` uses without
+    a seed) so its next use recreates it from the seed just set: Keras 3.13+'s
+    ``set_random_seed`` does this itself, 3.10-3.12 kept the old generator."""
+    global_state.set_global_attribute("global_seed_generator", None)
 
 
 # --- data: Keras's PyDataset machinery (workers, multiprocessing, epoch hooks)
@@ -78,12 +85,16 @@ def update_metrics_masked(compile_metrics: CompileMetrics, y: Any, y_pred: Any, 
     zero on padding rows)."""
     if not compile_metrics.built:
         compile_metrics.build(y, y_pred)
-    ys, ps = compile_metrics._flatten_y(y), compile_metrics._flatten_y(y_pred)
+    import keras
+
+    # Keras 3.14.0 alone dropped CompileMetrics._flatten_y (3.14.1 restored it); it flattened with keras.tree
+    flatten_y = getattr(compile_metrics, "_flatten_y", keras.tree.flatten)
+    ys, ps = flatten_y(y), flatten_y(y_pred)
     for m, y_t, y_p in zip(compile_metrics._flat_metrics, ys, ps):
         if m:
             m.update_state(y_t, y_p, mask)
     if sample_weight is not None:
-        sws = compile_metrics._flatten_y(sample_weight)
+        sws = flatten_y(sample_weight)
         if len(sws) < len(ys):
             sws = [sws[0] for _ in ys]
     else:

@@ -33,4 +33,7 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     if not isinstance(deterministic, bool):
         raise TypeError(f"set_seed(deterministic=...) must be True or False, got {deterministic!r}.")
     keras.utils.set_random_seed(seed)  # random, numpy, tf.random, torch.manual_seed, Keras's SeedGenerator
+    from loops._keras_private import reset_global_seed_generator
+
+    reset_global_seed_generator()  # (Keras < 3.13's set_random_seed keeps the old SeedGenerator)
     backends.get().set_deterministic(deterministic)

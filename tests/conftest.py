@@ -11,6 +11,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 BACKEND = keras.backend.backend()
+KERAS_VERSION = tuple(int(p) for p in keras.__version__.split(".")[:2])
+
+
+def requires(module):
+    """Skips a test whose other engine (tensorflow, torch) this environment lacks
+    (the floor-version CI step installs jax only)."""
+    import importlib.util
+
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} is not installed")
 
 
 def pytest_report_header(config):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from conftest import BACKEND, classic_mlp
+from conftest import BACKEND, classic_mlp, requires
 from test_errors import WithDeadLayer  # the same disconnected-layer model
 import loops
 from loops import Trainer
@@ -303,6 +303,7 @@ def test_gradient_diagnostics_are_logged_and_consistent():
     assert "val_grad_norm" not in h.history and len(h.history["grad_norm"]) == 2
 
 
+@requires("tensorflow")  # keras.callbacks.TensorBoard writes through tf.summary
 def test_gradient_diagnostics_reach_tensorboard(tmp_path):
     from test_keras_callbacks import _event_tensors
 

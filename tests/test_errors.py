@@ -8,7 +8,7 @@ import pytest
 
 import loops
 
-from conftest import classic_mlp
+from conftest import classic_mlp, requires
 from loops import Trainer
 
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -165,6 +165,7 @@ def test_dict_key_that_names_no_model_input():
         t.predict(x, verbose=0)
 
 
+@requires("tensorflow")
 def test_validation_split_on_a_tf_dataset_points_to_validation_data():
     import tensorflow as tf
 
@@ -175,6 +176,7 @@ def test_validation_split_on_a_tf_dataset_points_to_validation_data():
                r"tf.data.Dataset.*cannot be split.*validation_data=\(x_val, y_val\)")
 
 
+@requires("tensorflow")
 def test_empty_sources():
     import tensorflow as tf
 
@@ -186,6 +188,7 @@ def test_empty_sources():
     _untouched(t, lambda: t.fit(x[:0], y[:0], verbose=0), r"x is empty")
 
 
+@requires("tensorflow")
 def test_infinite_source_without_steps():
     import tensorflow as tf
 

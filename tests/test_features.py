@@ -248,16 +248,33 @@ def test_auto_scale_loss_off_keeps_the_optimizer(policy):
     assert isinstance(trainer.optimizer, keras.optimizers.SGD)
 
 
+class _AppliedBatches(keras.callbacks.Callback):
+    """The batches whose step updated the weights (a loss-scaled step that overflows does not)."""
+
+    def on_train_begin(self, logs=None):
+        self.batches, self._count = [], 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        count = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+        if count > self._count:
+            self.batches.append(batch)
+        self._count = count
+
+
 def test_clipping_with_loss_scaling_logs_the_unscaled_norm(data, policy):
     policy("mixed_float16")
     trainer = Trainer(mlp(), keras.optimizers.SGD(LR), "mse", clipnorm=1.0)
     assert trainer.optimizer.inner_optimizer.clipnorm == 1.0
-    history = fit(trainer, data, batch_size=16)
-    skipped = 4 - int(ops.convert_to_numpy(trainer.optimizer.iterations))
-    assert 1 <= skipped <= 2  # overflowing steps: their (infinite) norms are left out
+    applied = _AppliedBatches()
+    history = fit(trainer, data, batch_size=16, callbacks=[applied])
+    assert int(ops.convert_to_numpy(trainer.optimizer.iterations)) == len(applied.batches)
+    assert 1 <= 4 - len(applied.batches) <= 2  # overflowing steps: their (infinite) norms are left out
+    # (which steps overflow in float16 depends on the XLA version: jax 0.4.30 skips
+    # the 1st and 4th, 0.10 the 1st and 2nd; a skipped step leaves the weights as they were)
+    rows = np.concatenate([np.arange(16 * b, 16 * b + 16) for b in applied.batches])
     policy("float32")
     reference = fit(Trainer(mlp(), keras.optimizers.SGD(LR), "mse", clipnorm=1.0),
-                    (data[0][16 * skipped:], data[1][16 * skipped:]), batch_size=16)
+                    (data[0][rows], data[1][rows]), batch_size=16)
     np.testing.assert_allclose(history.history["grad_norm"], reference.history["grad_norm"], rtol=1e-2)
 
 
@@ -512,7 +529,7 @@ def test_a_native_optimizer_of_another_engine_is_a_clear_error():
         with pytest.raises(TypeError, match="optax.GradientTransformation runs only with KERAS_BACKEND=jax"):
             Trainer(linear(), optax.adam(1e-3), "mse")
     if BACKEND != "torch":
-        import torch
+        torch = pytest.importorskip("torch")
 
         with pytest.raises(TypeError, match="torch.optim optimizer runs only with KERAS_BACKEND=torch"):
             Trainer(linear(), torch.optim.Adam, "mse")

@@ -149,7 +149,18 @@ def _fit_args(c, x, y, sw):
 def _run_both(c):
     x, y, sw = _arrays(c)
     ref = _model(c)
-    ref.compile(steps_per_execution=c["steps_per_execution"], **_compile_args(c))
+    # Keras's compiled tensorflow step logs per-output losses ("reg_loss") of a
+    # partial batch as if it were full: CompileLoss weighs its trackers by the
+    # static batch size (keras/src/trainers/compile_utils.py), unknown (None,
+    # weight 1) inside tf.function. Keras on jax and torch, and eager Keras on
+    # tensorflow, weigh by rows, as the Trainer does on every backend: that is
+    # the reference here (found by this fuzzer; see REGRESSIONS).
+    eager = keras.backend.backend() == "tensorflow" and c["outputs"] == "two"
+    # Keras on torch refuses steps_per_execution > 1; the Trainer runs it: the
+    # reference then runs one step per execution (same steps, same results;
+    # only the batch hooks differ, so per-step logs are not compared).
+    spe = 1 if keras.backend.backend() == "torch" else c["steps_per_execution"]
+    ref.compile(steps_per_execution=spe, run_eagerly=eager, **_compile_args(c))
     keras_steps = _Steps()
     hk = ref.fit(**_fit_args(c, x, y, sw), callbacks=[keras_steps])
 
@@ -164,7 +175,8 @@ def _run_both(c):
 
 def check_same_as_model_fit(c):
     (hk, ref, ks), (h, t, ls) = _run_both(c)
-    np.testing.assert_allclose(ls.losses, ks.losses, rtol=RTOL, atol=ATOL, err_msg=f"per-step losses, {c}")
+    if not (keras.backend.backend() == "torch" and c["steps_per_execution"] > 1):
+        np.testing.assert_allclose(ls.losses, ks.losses, rtol=RTOL, atol=ATOL, err_msg=f"per-step losses, {c}")
     assert sorted(h.history) == sorted(hk.history), (c, sorted(h.history), sorted(hk.history))
     for key in hk.history:
         np.testing.assert_allclose(h.history[key], hk.history[key], rtol=RTOL, atol=ATOL, err_msg=f"{key}, {c}")
@@ -248,10 +260,19 @@ def test_mistakes_are_refused_before_the_first_step_naming_the_argument(tmp_path
 
 REGRESSIONS = [
     # Each: a configuration the fuzzer once found failing, shrunk; kept exactly as found.
+    # torch: Keras refuses steps_per_execution > 1 there (the reference now runs one step per execution).
+    {"n": 12, "batch_size": 1, "dtype": "float32", "source": "dataloader", "inputs": "array",
+     "outputs": "regression", "weights": None, "validation": None, "steps_per_execution": 2, "epochs": 1,
+     "initial_epoch": 0, "optimizer": "sgd", "seed": 0, "shuffle": False},
+    # tensorflow: per-output loss logs of a ragged last batch (12 rows in batches of 5) differed from
+    # compiled Keras's, which weighs them by a static batch size tf.function does not know (see _run_both).
+    {"n": 12, "batch_size": 5, "dtype": "float32", "source": "arrays", "inputs": "array", "outputs": "two",
+     "weights": None, "validation": None, "steps_per_execution": 1, "epochs": 1, "initial_epoch": 0,
+     "optimizer": "sgd", "seed": 0, "shuffle": False},
 ]
 
 
-@pytest.mark.parametrize("c", REGRESSIONS or [pytest.param(None, marks=pytest.mark.skip("none found yet"))])
+@pytest.mark.parametrize("c", REGRESSIONS)
 def test_shrunk_examples_stay_fixed(c):
     check_same_as_model_fit(c)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import _resume_case
-from conftest import BACKEND
+from conftest import BACKEND, requires
 from loops import latest_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,6 +61,7 @@ def test_killed_at_random_steps_resumes_bit_for_bit(tmp_path):
     np.testing.assert_array_equal(resumed["history"]["val_accuracy"], h.history["val_accuracy"])
 
 
+@requires({"jax": "torch", "torch": "tensorflow", "tensorflow": "jax"}[BACKEND])
 def test_checkpoint_continues_on_another_backend(tmp_path):
     """An exception mid-epoch writes a checkpoint here; the next backend resumes it,
     and its loss curve continues the uninterrupted run's within 1e-5."""

@@ -259,13 +259,16 @@ def _loss_scale_apply(optimizer: Any, grads: Sequence[Any],
     """``LossScaleOptimizer.apply`` without stateful branches: its ``cond``
     over assigning functions would leak tracers out of ``jax.jit``, so it goes
     through ``stateless_apply`` (what Keras's own JAX trainer calls)."""
-    built = optimizer._trainable_variables
+    # The inner optimizer's variable list and index: the wrapper's own are the
+    # same from Keras 3.12 on, and empty before (its build() skipped super().build)
+    inner = optimizer.inner_optimizer
+    built = inner._trainable_variables
     if trainable_variables is None:
         full = list(grads)
     else:
         full = [None] * len(built)
         for g, v in zip(grads, trainable_variables):
-            full[optimizer._get_variable_index(v)] = g
+            full[inner._get_variable_index(v)] = g
     opt_vars = optimizer.variables
     new_trainable, new_opt = optimizer.stateless_apply(
         [v.value for v in opt_vars], full, [v.value for v in built])

@@ -138,6 +138,25 @@ def _should_eval(epoch: int, validation_freq: Any) -> bool:
     return epoch in validation_freq
 
 
+def _check_lr_callbacks(trainer: Any, callbacks: Any) -> None:
+    """Keras < 3.15's learning-rate callbacks act on ``model.optimizer`` alone:
+    with several optimizers they would fail with Keras's 'must have a
+    "learning_rate" attribute'; say why instead."""
+    if tuple(int(p) for p in keras.__version__.split(".")[:2]) >= (3, 15):
+        return
+    from loops.optimizers import OptimizerGroup
+
+    if not isinstance(getattr(trainer, "optimizer", None), OptimizerGroup):
+        return
+    lr_kinds = (keras.callbacks.LearningRateScheduler, keras.callbacks.ReduceLROnPlateau)
+    for cb in callbacks or []:
+        if isinstance(cb, lr_kinds):
+            raise ValueError(
+                f"{type(cb).__name__} adjusts each of several optimizers ({trainer.optimizer.name}) from "
+                f"Keras 3.15 on; Keras {keras.__version__} is installed: upgrade Keras, or schedule each "
+                "optimizer's learning rate yourself (a keras.optimizers.schedules schedule per optimizer).")
+
+
 class ExecutionMixin:
     """Batches into executions; mixed into ``Trainer`` (under ``LoopMixin``)."""
 
@@ -182,6 +201,7 @@ class ExecutionMixin:
         if isinstance(callbacks, keras.callbacks.CallbackList):
             return callbacks
         callbacks, verbose = _distributed.current(self).callbacks(callbacks, verbose)  # the chief prints
+        _check_lr_callbacks(self, callbacks)
         return keras.callbacks.CallbackList(
             callbacks, add_history=add_history, add_progbar=verbose != 0, model=self,
             verbose=verbose, epochs=epochs, steps=steps)
