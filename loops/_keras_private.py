@@ -270,3 +270,49 @@ def loss_module() -> Any:
     from keras.src.losses import loss
 
     return loss
+
+
+# --- keras.random's engine functions (loops.neutral_random replaces them)
+_RANDOM_ORIGINALS: dict[str, Any] = {}
+
+
+def draw_seed(seed: Any) -> Any:
+    """Keras's own seed drawing: a ``SeedGenerator`` advances, an int is
+    ``[seed, 0]``, None uses Keras's global generator (advanced in order, so
+    the same on every engine)."""
+    from keras.src.random import seed_generator
+
+    if seed is None:
+        return seed_generator.global_seed_generator().next(ordered=True)
+    return seed_generator.draw_seed(seed)
+
+
+def _random_module() -> Any:
+    from keras.src.backend import random  # the active engine's module, which keras.random calls into
+
+    return random
+
+
+def original_random_function(name: str) -> Any:
+    return _RANDOM_ORIGINALS.get(name, getattr(_random_module(), name, None))
+
+
+def replace_random_backend(functions: dict[str, Any]) -> None:
+    module = _random_module()
+    for name, fn in functions.items():
+        if not hasattr(module, name):
+            raise RuntimeError(f"Keras {__import__('keras').__version__} has no keras.src.backend.random.{name}: "
+                               "loops' neutral random cannot replace it; set_seed(..., neutral_random=False).")
+        _RANDOM_ORIGINALS.setdefault(name, getattr(module, name))
+        setattr(module, name, fn)
+
+
+def restore_random_backend() -> None:
+    module = _random_module()
+    for name, fn in _RANDOM_ORIGINALS.items():
+        setattr(module, name, fn)
+    _RANDOM_ORIGINALS.clear()
+
+
+def random_backend_replaced() -> bool:
+    return bool(_RANDOM_ORIGINALS)

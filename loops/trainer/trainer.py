@@ -218,7 +218,8 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
             _checks.check_inputs(input_list)
         if self._building:  # the pass that builds unbuilt models: no gradients, nothing checked
             out = fn(*input_list)
-            return out, [keras.ops.zeros_like(t) for t in [*variables, *input_list]]
+            return out, [keras.ops.zeros(tuple(t.shape), dtype=t.dtype) if isinstance(t, keras.Variable)
+                         else keras.ops.zeros_like(t) for t in [*variables, *input_list]]
         if not variables and not input_list:
             raise ValueError("value_and_grad needs something to differentiate: pass variables and/or inputs.")
 

@@ -1,0 +1,194 @@
+"""One random stream for every backend: ``loops.set_seed(seed, neutral_random=True)``.
+
+Keras draws random numbers with each engine's own generator (``jax.random``,
+``tf.random``, ``torch.Generator``), so the same seed gives different numbers
+on jax, tensorflow and torch: a model with ``Dropout`` trains differently on
+each, initializers start it from different weights. With neutral random on,
+every ``keras.random`` draw (``uniform``, ``normal``, ``truncated_normal``,
+``randint``, ``dropout``, ``shuffle``, ``categorical``) and so every
+initializer and every random layer (Dropout and its variants, GaussianNoise,
+the random augmentation layers, any layer holding a ``SeedGenerator``) comes
+from one counter-based generator written in integer ``keras.ops``: the same
+``(seed state, position)`` gives the same bits on every engine, eager or
+compiled.
+
+It is keyed by what Keras already threads through steps and checkpoints: the
+``SeedGenerator``'s state variable (``draw_seed`` advances it as Keras does),
+an integer seed, or Keras's global generator for ``seed=None``. Nothing reads
+a value back into Python, so a torch step that draws stays captured.
+
+Floats are made from 24 random bits each (uniform: exact; normal and
+truncated normal through ``log``/``cos``/``erfinv``, whose last bits differ
+between engines by an ulp or so). ``gamma``, ``binomial`` and ``beta`` have no
+neutral form here: they warn once and draw from the engine's generator.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import keras
+import numpy as np
+from keras import ops
+
+from loops import _keras_private
+
+_M1 = 0x7FEB352D
+_M2 = 0x846CA68B - (1 << 32)  # as a signed int32
+_GOLDEN = 0x9E3779B9 - (1 << 32)
+_NOT_NEUTRAL = ("gamma", "binomial", "beta")
+
+
+def _shift_right(x: Any, k: int) -> Any:
+    """Logical right shift of int32 (``>>`` is arithmetic on negative numbers)."""
+    return ops.bitwise_and(ops.right_shift(x, k), (1 << (32 - k)) - 1)
+
+
+def hash32(x: Any) -> Any:
+    """"lowbias32": an int32 -> int32 mixing function; int32 multiplication
+    wraps modulo 2**32 on all three engines, so it is bit-identical."""
+    x = ops.bitwise_xor(x, _shift_right(x, 16))
+    x = ops.multiply(x, ops.convert_to_tensor(_M1, "int32"))
+    x = ops.bitwise_xor(x, _shift_right(x, 15))
+    x = ops.multiply(x, ops.convert_to_tensor(_M2, "int32"))
+    return ops.bitwise_xor(x, _shift_right(x, 16))
+
+
+def _count(shape: Any) -> Any:
+    if all(isinstance(d, int) for d in shape):
+        return int(np.prod(shape)) if len(shape) else 1
+    n: Any = 1
+    for d in shape:  # a dimension known only at run time (tf.function)
+        n = n * ops.cast(d, "int32")
+    return n
+
+
+def _static(shape: Any) -> tuple[Any, ...]:
+    return tuple(int(d) if isinstance(d, (int, np.integer)) else d for d in shape)
+
+
+def bits(shape: Any, seed: Any, streams: int = 1) -> Any:
+    """int32 random bits of ``shape`` (``(streams, *shape)`` with ``streams > 1``)
+    from a Keras seed (``SeedGenerator``, int or None), advancing a
+    ``SeedGenerator`` once, as Keras's own draws do."""
+    s = ops.cast(_keras_private.draw_seed(seed), "int32")
+    k1 = hash32(ops.bitwise_xor(s[0], hash32(s[1])))
+    k2 = hash32(ops.add(k1, _GOLDEN))
+    shape = _static(shape)
+    idx = ops.arange(_count(shape) * streams, dtype="int32")
+    out = hash32(ops.add(hash32(ops.bitwise_xor(idx, k1)), k2))
+    return ops.reshape(out, ((streams,) if streams > 1 else ()) + tuple(shape))
+
+
+def _unit(shape: Any, seed: Any, streams: int = 1) -> Any:
+    """float32 in [0, 1), 24 bits each: exact, so identical everywhere."""
+    return ops.multiply(ops.cast(_shift_right(bits(shape, seed, streams), 8), "float32"), 1.0 / (1 << 24))
+
+
+def _open_unit(shape: Any, seed: Any, streams: int = 1) -> Any:
+    """float32 in (0, 1): safe under ``log``."""
+    return ops.add(_unit(shape, seed, streams), 0.5 / (1 << 24))
+
+
+def _dtype(dtype: Any) -> str:
+    return keras.backend.standardize_dtype(dtype or keras.config.floatx())
+
+
+def uniform(shape: Any, minval: Any = 0.0, maxval: Any = 1.0, dtype: Any = None, seed: Any = None) -> Any:
+    u = _unit(shape, seed)
+    return ops.cast(ops.add(ops.multiply(u, ops.subtract(maxval, minval)), minval), _dtype(dtype))
+
+
+def _standard_normal(shape: Any, seed: Any) -> Any:
+    """Box-Muller over two streams of one draw."""
+    u = _open_unit(shape, seed, streams=2)
+    return ops.sqrt(-2.0 * ops.log(u[0])) * ops.cos(2.0 * np.pi * u[1])
+
+
+def normal(shape: Any, mean: Any = 0.0, stddev: Any = 1.0, dtype: Any = None, seed: Any = None) -> Any:
+    return ops.cast(ops.add(ops.multiply(_standard_normal(shape, seed), stddev), mean), _dtype(dtype))
+
+
+def truncated_normal(shape: Any, mean: Any = 0.0, stddev: Any = 1.0, dtype: Any = None, seed: Any = None) -> Any:
+    """Normal truncated at two standard deviations (Keras's), by inverting the CDF."""
+    lo, hi = 0.022750131948179195, 0.9772498680518208  # Phi(-2), Phi(2)
+    u = ops.add(ops.multiply(_open_unit(shape, seed), hi - lo), lo)
+    z = ops.multiply(ops.erfinv(ops.subtract(ops.multiply(u, 2.0), 1.0)), np.sqrt(2.0))
+    z = ops.clip(z, -2.0, 2.0)
+    return ops.cast(ops.add(ops.multiply(z, stddev), mean), _dtype(dtype))
+
+
+def randint(shape: Any, minval: Any, maxval: Any, dtype: Any = "int32", seed: Any = None) -> Any:
+    span = ops.cast(ops.subtract(maxval, minval), "int32")
+    r = ops.mod(_shift_right(bits(shape, seed), 1), ops.maximum(span, 1))  # 31 bits, non-negative
+    return ops.cast(ops.add(r, ops.cast(minval, "int32")), dtype)
+
+
+def dropout(inputs: Any, rate: Any, noise_shape: Any = None, seed: Any = None) -> Any:
+    shape = ops.shape(inputs)
+    if noise_shape is not None:
+        shape = tuple(shape[i] if d is None else d for i, d in enumerate(noise_shape))
+    keep = ops.cast(ops.greater_equal(_unit(shape, seed), rate), inputs.dtype)
+    return ops.divide(ops.multiply(inputs, keep), ops.cast(1.0 - rate, inputs.dtype))
+
+
+def shuffle(x: Any, axis: int = 0, seed: Any = None) -> Any:
+    """A permutation along ``axis`` by sorting random keys made unique (the
+    low bits hold the index), so engines' sorts cannot break ties apart."""
+    n = ops.shape(x)[axis]
+    if not isinstance(n, int):
+        raise ValueError("neutral_random: keras.random.shuffle needs the shuffled axis' length to be static.")
+    low = max(1, int(np.ceil(np.log2(max(n, 2)))))
+    key = ops.bitwise_or(ops.left_shift(_shift_right(bits((n,), seed), low + 1), low),
+                         ops.arange(n, dtype="int32"))
+    return ops.take(x, ops.argsort(key), axis=axis)
+
+
+def categorical(logits: Any, num_samples: int, dtype: Any = "int32", seed: Any = None) -> Any:
+    """Gumbel-max: ``argmax(logits + Gumbel noise)`` per sample."""
+    logits = ops.convert_to_tensor(logits)
+    batch, classes = ops.shape(logits)[0], ops.shape(logits)[1]
+    u = _open_unit((batch, num_samples, classes), seed)
+    gumbel = ops.cast(-ops.log(-ops.log(u)), logits.dtype)
+    return ops.cast(ops.argmax(ops.add(ops.expand_dims(logits, 1), gumbel), axis=-1), dtype)
+
+
+NEUTRAL: dict[str, Callable[..., Any]] = {
+    "uniform": uniform, "normal": normal, "truncated_normal": truncated_normal, "randint": randint,
+    "dropout": dropout, "shuffle": shuffle, "categorical": categorical,
+}
+
+
+def _warn_once(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    warned: list[bool] = []
+
+    def draw(*args: Any, **kwargs: Any) -> Any:
+        if not warned:
+            warned.append(True)
+            warnings.warn(
+                f"neutral_random is on, but keras.random.{name} has no backend-neutral form: it draws "
+                f"from the {keras.backend.backend()} generator, so its numbers differ between backends.",
+                stacklevel=2)
+        return original(*args, **kwargs)
+
+    return draw
+
+
+def enable(on: bool = True) -> None:
+    """Routes every ``keras.random`` draw of this process through the neutral
+    generator (``on``), or back to the engine's own (``not on``)."""
+    if not on:
+        _keras_private.restore_random_backend()
+        return
+    replacements = dict(NEUTRAL)
+    for name in _NOT_NEUTRAL:
+        original = _keras_private.original_random_function(name)
+        if original is not None:
+            replacements[name] = _warn_once(name, original)
+    _keras_private.replace_random_backend(replacements)
+
+
+def enabled() -> bool:
+    """Whether neutral random is on in this process."""
+    return _keras_private.random_backend_replaced()
