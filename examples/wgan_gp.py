@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+import loops
 from loops import Trainer
 
 RADIUS, STD = 2.0, 0.02
@@ -93,6 +94,7 @@ class WGANGP(Trainer):
 
 def main(epochs: int = 20, steps_per_epoch: int = 100, batch: int = 128, verbose: int = 1,
          run_eagerly: bool = False) -> tuple[WGANGP, int]:
+    loops.set_seed(0, neutral_random=True)  # noise a captured torch step can hold; the same on every backend
     gan = WGANGP(run_eagerly=run_eagerly)
     n_critic = gan.n_critic
     data = sample_mixture(steps_per_epoch * batch * n_critic)

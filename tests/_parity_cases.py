@@ -48,6 +48,20 @@ def cnn_bn_dropout():
     return ParityCase(_trainer(model), _batches(*_digits(1536, image=True), 128))
 
 
+def neutral_dropout_mlp():
+    """Keras's own Dropout and GaussianNoise after set_seed(neutral_random=True):
+    the same masks and noise on every backend, with no ParityDropout."""
+    import loops
+
+    loops.set_seed(0, neutral_random=True)
+    model = keras.Sequential(name="mlp", layers=[keras.Input((8, 8)), keras.layers.Flatten(),
+                              keras.layers.GaussianNoise(0.05, name="noise"),
+                              keras.layers.Dense(128, activation="relu", name="hidden"),
+                              keras.layers.Dropout(0.3, name="drop"),
+                              keras.layers.Dense(10, name="logits")])
+    return ParityCase(_trainer(model), _batches(*_digits(1536), 128))
+
+
 def _plant(trainer, always=False):
     if always or keras.backend.backend() == PLANT_ON:
         layer = trainer.model.get_layer("hidden2")

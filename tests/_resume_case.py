@@ -32,8 +32,12 @@ def data():
     return (x[:200], y[:200]), (x[200:], y[200:])
 
 
-def trainer(dropout: bool) -> Trainer:
+def trainer(dropout: bool, neutral: bool = False) -> Trainer:
     keras.utils.set_random_seed(1)
+    if neutral:  # the same Dropout masks on every backend
+        import loops
+
+        loops.set_seed(1, neutral_random=True)
     layers = [keras.Input((8,)), keras.layers.Dense(16, activation="relu")]
     if dropout:
         layers.append(keras.layers.Dropout(0.25))
@@ -63,9 +67,9 @@ class Interrupt(keras.callbacks.Callback):
             os.kill(os.getpid(), getattr(signal, f"SIG{self.how}"))
 
 
-def run(ckpt_dir, epochs=5, dropout=True, interrupt=None, checkpoint_every=4):
+def run(ckpt_dir, epochs=5, dropout=True, interrupt=None, checkpoint_every=4, neutral=False):
     (x, y), val = data()
-    t = trainer(dropout)
+    t = trainer(dropout, neutral)
     cbs = [Interrupt(*interrupt)] if interrupt else []
     history = t.fit(x, y, batch_size=32, epochs=epochs, validation_data=val, verbose=0, callbacks=cbs,
                     checkpoint_dir=ckpt_dir, checkpoint_every=checkpoint_every)
@@ -81,9 +85,10 @@ def main():
     p.add_argument("--raise-at", type=int)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--dropout", action="store_true")
+    p.add_argument("--neutral", action="store_true", help="loops.set_seed(..., neutral_random=True)")
     a = p.parse_args()
     interrupt = (a.die_at, a.signal) if a.die_at else ((a.raise_at, "raise") if a.raise_at else None)
-    t, history = run(a.ckpt_dir, epochs=a.epochs, dropout=a.dropout, interrupt=interrupt)
+    t, history = run(a.ckpt_dir, epochs=a.epochs, dropout=a.dropout, interrupt=interrupt, neutral=a.neutral)
     with open(a.out, "w") as f:
         json.dump({"weights": [w.tolist() for w in t.get_weights()], "history": history.history,
                    "epoch": history.epoch}, f)

@@ -4,9 +4,14 @@ backend, from sources that never name an engine."""
 import pathlib
 import re
 import sys
+import warnings
 
 import keras
 import numpy as np
+import pytest
+
+import loops
+from conftest import BACKEND
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,6 +52,32 @@ def test_second_order_nested_value_and_grad_learns():
     assert result["accuracy"] >= 0.9, result
     assert all(n > 1.0 for n in h.history["d2_norm"])  # a real second-order term
     np.testing.assert_allclose(he.history["loss"], h.history["loss"][:2], rtol=1e-4)
+
+
+@pytest.fixture(autouse=True)
+def _engine_random_afterwards():
+    yield
+    loops.set_seed(1234, neutral_random=False)  # the GAN examples turn neutral random on
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="graph capture is torch's compiled mode")
+@pytest.mark.parametrize("example", ["wgan_gp", "dcgan_digits"])
+def test_gan_examples_draw_noise_in_a_captured_torch_step(example):
+    """Their SeedGenerator draws are neutral (main() turns it on), so torch
+    captures the step instead of running it eagerly with a warning."""
+    loops.set_seed(0, neutral_random=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*runs eagerly.*")
+        if example == "wgan_gp":
+            gan = wgan_gp.WGANGP()
+            gan.fit(wgan_gp.sample_mixture(2 * 640), batch_size=640, epochs=1, verbose=0)
+        else:
+            from examples._digits import load_digits_split
+
+            x, y, _, _ = load_digits_split()
+            gan = dcgan_digits.ConditionalGAN()
+            gan.fit(x[:128, ..., None] * 2 - 1, y[:128], batch_size=64, epochs=1, verbose=0)
+    assert gan.trace_counts["train"] == 1
 
 
 def test_wgan_gp_covers_the_modes_of_8_gaussians():

@@ -80,7 +80,7 @@ cross_backend = pytest.mark.skipif(BACKEND != "jax", reason="runs all three back
 
 
 @cross_backend
-@pytest.mark.parametrize("factory", ["classic_mlp", "cnn_bn_dropout"])
+@pytest.mark.parametrize("factory", ["classic_mlp", "cnn_bn_dropout", "neutral_dropout_mlp"])
 def test_one_epoch_agrees_on_all_three_backends(factory, monkeypatch):
     monkeypatch.syspath_prepend(HERE)
     # The CNN's tensorflow run is not bitwise reproducible from run to run on CPU (oneDNN's threaded

@@ -81,6 +81,29 @@ def test_checkpoint_continues_on_another_backend(tmp_path):
     assert latest_checkpoint(ckpt).manifest["backend"] == NEXT_BACKEND
 
 
+@requires({"jax": "torch", "torch": "tensorflow", "tensorflow": "jax"}[BACKEND])
+def test_checkpoint_of_a_dropout_model_continues_on_another_backend_with_neutral_random(tmp_path):
+    """With loops.set_seed(..., neutral_random=True) the Dropout masks are the
+    same on every backend, so a checkpoint of a Dropout model (its
+    SeedGenerator's state included) continues on the next backend as the
+    uninterrupted run would have, within 1e-5."""
+    import loops
+
+    try:
+        _, straight = _resume_case.run(str(tmp_path / "straight"), dropout=True, neutral=True)
+        ckpt = tmp_path / "ckpt"
+        with pytest.raises(RuntimeError, match="planted failure"):
+            _resume_case.run(str(ckpt), dropout=True, interrupt=(10, "raise"), neutral=True)
+    finally:
+        loops.set_seed(1234, neutral_random=False)
+    out = tmp_path / "out.json"
+    proc = _script(NEXT_BACKEND, ckpt, out, "--dropout", "--neutral")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    other = json.loads(out.read_text())
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(other["history"][key], straight.history[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
 def test_corrupt_or_truncated_checkpoint_falls_back_to_the_previous(tmp_path):
     ckpt = tmp_path / "ckpt"
     _resume_case.run(str(ckpt), epochs=2, dropout=False)

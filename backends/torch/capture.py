@@ -300,7 +300,8 @@ class CapturedStep:
             if from_random:
                 advice = ("Keras's seeded random ops (keras.random.* with a seed or SeedGenerator) seed a "
                           "torch.Generator from a tensor's value at every call. For noise a graph can hold, "
-                          "pass the noise in the batch, or draw it with loops.parity.neutral_uniform")
+                          "call loops.set_seed(seed, neutral_random=True) first (random numbers a graph can "
+                          "hold, the same on every backend), or pass the noise in the batch")
             else:
                 advice = ("Keep values as tensors inside the step (keras.ops.where instead of an `if` on a "
                           "tensor, no .item() / float())")

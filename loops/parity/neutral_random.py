@@ -3,8 +3,10 @@
 Keras's ``keras.random`` draws different numbers on jax, tensorflow and torch
 for the same seed, so a model with dropout cannot be compared across backends.
 Here a counter-based generator is written in integer ``keras.ops`` (a 32-bit
-integer hash, "lowbias32"): integer arithmetic rounds nowhere, so the same
-``(seed, counter)`` gives the same numbers on every engine, eager or compiled.
+integer hash, "lowbias32", shared with ``loops.neutral_random``): integer
+arithmetic rounds nowhere, so the same ``(seed, counter)`` gives the same
+numbers on every engine, eager or compiled. For Keras's own random layers and
+``keras.random`` draws, ``loops.set_seed(seed, neutral_random=True)``.
 """
 
 from __future__ import annotations
@@ -15,23 +17,10 @@ import keras
 import numpy as np
 from keras import ops
 
-_M1 = 0x7FEB352D
-_M2 = 0x846CA68B - (1 << 32)  # as a signed int32
+from loops.neutral_random import _shift_right
+from loops.neutral_random import hash32 as _hash32
+
 _STREAM = 1000003  # counter stride: distinct draws of one layer do not overlap
-
-
-def _shift_right(x: Any, k: int) -> Any:
-    """Logical right shift of int32 (``>>`` is arithmetic on negative numbers)."""
-    return ops.bitwise_and(ops.right_shift(x, k), (1 << (32 - k)) - 1)
-
-
-def _hash32(x: Any) -> Any:
-    # int32 multiplication wraps modulo 2**32 on all three engines.
-    x = ops.bitwise_xor(x, _shift_right(x, 16))
-    x = ops.multiply(x, ops.convert_to_tensor(_M1, "int32"))
-    x = ops.bitwise_xor(x, _shift_right(x, 15))
-    x = ops.multiply(x, ops.convert_to_tensor(_M2, "int32"))
-    return ops.bitwise_xor(x, _shift_right(x, 16))
 
 
 def neutral_uniform(shape: tuple[Any, ...], seed: int, counter: Any) -> Any:
