@@ -107,6 +107,13 @@ class Replicas(Protocol):
         """Process 0's ``value``, on every process (a data seed)."""
         ...
 
+    def replica_index(self) -> Any:
+        """Inside a step: which of the ``replicas_in_step`` shards of the global
+        batch this replica holds (an int, or a tensor on tensorflow); 0 where
+        the step sees the global batch. Neutral random draws use it to take
+        this shard's rows of a global draw."""
+        ...
+
     def max(self, value: int) -> int:
         """The largest ``value`` over processes (a signal any of them got)."""
         ...

@@ -299,10 +299,11 @@ def original_random_function(name: str) -> Any:
 
 def replace_random_backend(functions: dict[str, Any]) -> None:
     module = _random_module()
+    missing = [name for name in functions if not hasattr(module, name)]
+    if missing:  # (checked first: never a half-replaced module)
+        raise RuntimeError(f"Keras {__import__('keras').__version__} has no keras.src.backend.random.{missing[0]}: "
+                           "loops' neutral random cannot replace it; set_seed(..., neutral_random=False).")
     for name, fn in functions.items():
-        if not hasattr(module, name):
-            raise RuntimeError(f"Keras {__import__('keras').__version__} has no keras.src.backend.random.{name}: "
-                               "loops' neutral random cannot replace it; set_seed(..., neutral_random=False).")
         _RANDOM_ORIGINALS.setdefault(name, getattr(module, name))
         setattr(module, name, fn)
 

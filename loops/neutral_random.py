@@ -25,8 +25,10 @@ neutral form here: they warn once and draw from the engine's generator.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
@@ -68,15 +70,49 @@ def _static(shape: Any) -> tuple[Any, ...]:
     return tuple(int(d) if isinstance(d, (int, np.integer)) else d for d in shape)
 
 
+_position = threading.local()  # (tensorflow runs each replica's step on a thread of its own)
+
+
+@contextlib.contextmanager
+def replica_shard(index: Any, count: int, rows: int) -> Iterator[None]:
+    """Inside a data-parallel step that sees shard ``index`` (of ``count``,
+    ``rows`` rows each) of the global batch: a draw whose leading dimension is
+    ``rows`` takes this shard's rows of the draw the global batch would get,
+    so the run equals one device's. Other draws are the same on every replica."""
+    saved = getattr(_position, "value", None)
+    _position.value = (index, count, rows)
+    try:
+        yield
+    finally:
+        _position.value = saved
+
+
+def _shard(shape: tuple[Any, ...]) -> tuple[Any, int] | None:
+    position = getattr(_position, "value", None)
+    if position is None or not shape or not isinstance(shape[0], int) or shape[0] != position[2]:
+        return None
+    return position[0], position[1]
+
+
 def bits(shape: Any, seed: Any, streams: int = 1) -> Any:
     """int32 random bits of ``shape`` (``(streams, *shape)`` with ``streams > 1``)
     from a Keras seed (``SeedGenerator``, int or None), advancing a
-    ``SeedGenerator`` once, as Keras's own draws do."""
+    ``SeedGenerator`` once, as Keras's own draws do. Element ``j`` of stream
+    ``s`` is counter ``s * total + j`` of the draw: inside a data-parallel
+    shard (``replica_shard``) the counters of this shard's rows of the global one."""
     s = ops.cast(_keras_private.draw_seed(seed), "int32")
     k1 = hash32(ops.bitwise_xor(s[0], hash32(s[1])))
     k2 = hash32(ops.add(k1, _GOLDEN))
     shape = _static(shape)
-    idx = ops.arange(_count(shape) * streams, dtype="int32")
+    n = _count(shape)
+    idx = ops.arange(n, dtype="int32")
+    total: Any = n
+    shard = _shard(shape)
+    if shard is not None:
+        idx = ops.add(idx, ops.multiply(ops.cast(shard[0], "int32"), n))
+        total = n * shard[1]
+    if streams > 1:
+        idx = ops.add(idx[None, :], ops.multiply(ops.arange(streams, dtype="int32")[:, None], total))
     out = hash32(ops.add(hash32(ops.bitwise_xor(idx, k1)), k2))
     return ops.reshape(out, ((streams,) if streams > 1 else ()) + tuple(shape))
 
@@ -87,8 +123,10 @@ def _unit(shape: Any, seed: Any, streams: int = 1) -> Any:
 
 
 def _open_unit(shape: Any, seed: Any, streams: int = 1) -> Any:
-    """float32 in (0, 1): safe under ``log``."""
-    return ops.add(_unit(shape, seed, streams), 0.5 / (1 << 24))
+    """float32 in (0, 1), never 0 or 1 (safe under ``log``): ``(2k + 1) / 2**24``
+    for a 23-bit ``k``, exact in float32."""
+    k = ops.cast(_shift_right(bits(shape, seed, streams), 9), "float32")
+    return ops.multiply(ops.add(ops.multiply(k, 2.0), 1.0), 1.0 / (1 << 24))
 
 
 def _dtype(dtype: Any) -> str:
@@ -120,17 +158,21 @@ def truncated_normal(shape: Any, mean: Any = 0.0, stddev: Any = 1.0, dtype: Any 
 
 
 def randint(shape: Any, minval: Any, maxval: Any, dtype: Any = "int32", seed: Any = None) -> Any:
+    dtype = dtype or "int32"
     span = ops.cast(ops.subtract(maxval, minval), "int32")
     r = ops.mod(_shift_right(bits(shape, seed), 1), ops.maximum(span, 1))  # 31 bits, non-negative
     return ops.cast(ops.add(r, ops.cast(minval, "int32")), dtype)
 
 
 def dropout(inputs: Any, rate: Any, noise_shape: Any = None, seed: Any = None) -> Any:
+    if isinstance(rate, (int, float)) and rate >= 1.0:  # (as Keras: everything dropped, no NaN)
+        return ops.zeros_like(inputs)
     shape = ops.shape(inputs)
     if noise_shape is not None:
         shape = tuple(shape[i] if d is None else d for i, d in enumerate(noise_shape))
-    keep = ops.cast(ops.greater_equal(_unit(shape, seed), rate), inputs.dtype)
-    return ops.divide(ops.multiply(inputs, keep), ops.cast(1.0 - rate, inputs.dtype))
+    keep = ops.greater_equal(_unit(shape, seed), rate)
+    scaled = ops.divide(inputs, ops.cast(1.0 - rate, inputs.dtype))
+    return ops.where(ops.broadcast_to(keep, ops.shape(inputs)), scaled, ops.zeros_like(inputs))
 
 
 def shuffle(x: Any, axis: int = 0, seed: Any = None) -> Any:

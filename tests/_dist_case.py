@@ -111,6 +111,18 @@ def gan(verbose=0):
             "generated": [float(images.min()), float(images.max())]}
 
 
+def neutral_gan():
+    """The DCGAN example with neutral random numbers: each replica draws its
+    rows of the global batch's noise, so two replicas equal one device."""
+    import loops
+
+    loops.set_seed(5, neutral_random=True)
+    try:
+        return gan()
+    finally:
+        loops.set_seed(5, neutral_random=False)
+
+
 def refusals():
     """Batches that cannot split evenly over 2 replicas are refused before training."""
     (x, y), _ = data()
@@ -226,7 +238,7 @@ def main():
     result["description"] = replicas.native.description if replicas.native is not None else None
     seconds = result["seconds"] = {}
     parts = {"classic": lambda: classic(os.path.join(out, "ckpt"), verbose=2), "gan": gan, "errors": refusals,
-             "features": features}
+             "features": features, "neutral_gan": neutral_gan}
     if os.path.isdir(os.path.join(out, "ckpt1")):
         parts["resumed"] = resumed
     if BACKEND == "jax":

@@ -82,7 +82,8 @@ def test_a_directory_without_write_permission_fails_before_the_first_step(tmp_pa
     assert counter.steps == 0
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint_and_the_same_call_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["state", "directory"])
+def test_a_full_disk_keeps_the_previous_checkpoint_and_the_same_call_resumes(tmp_path, monkeypatch, where):
     x, y = _data()
     keras.utils.set_random_seed(3)
     straight = _trainer()
@@ -92,21 +93,34 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_the_same_call_resumes(tmp
     ckpt = tmp_path / "ckpt"
     keras.utils.set_random_seed(3)
     trainer = _trainer()
-    real_savez = np.savez
+    import tempfile
+
+    real_savez, real_mkdtemp = np.savez, tempfile.mkdtemp
     writes = []
 
     def savez_until_the_disk_is_full(f, **arrays):
         writes.append(1)
-        if len(writes) >= 2:  # the second checkpoint finds the disk full
+        if len(writes) >= 2:  # the second checkpoint finds the disk full half-way through its state
             f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_savez(f, **arrays)
 
-    monkeypatch.setattr(np, "savez", savez_until_the_disk_is_full)
+    def mkdtemp_until_the_disk_is_full(*args, **kwargs):
+        if kwargs.get("prefix", "").startswith(".ckpt-"):
+            writes.append(1)
+            if len(writes) >= 2:  # ... or cannot even make its temporary directory
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkdtemp(*args, **kwargs)
+
+    if where == "state":
+        monkeypatch.setattr(np, "savez", savez_until_the_disk_is_full)
+    else:
+        monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_until_the_disk_is_full)
     with pytest.warns(UserWarning, match="Could not write a checkpoint after the error"):
         with pytest.raises(CheckpointError, match=r"No space left on device.*ckpt-000000.*untouched.*resume"):
             trainer.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False, checkpoint_dir=str(ckpt))
     monkeypatch.setattr(np, "savez", real_savez)
+    monkeypatch.setattr(tempfile, "mkdtemp", real_mkdtemp)
     assert sorted(os.listdir(ckpt)) == ["ckpt-000000"]  # no half-written checkpoint, no temporary left
     first = latest_checkpoint(ckpt)
     assert first is not None and first.global_step == 4  # the first epoch's 4 steps

@@ -150,6 +150,18 @@ def test_the_gan_example_runs_data_parallel_unchanged(run):
             assert got["history"][key][0] == pytest.approx(value[0], abs=2e-3), key
 
 
+def test_neutral_random_draws_are_the_global_batch_s_on_every_engine(run):
+    """With neutral random numbers each replica draws its rows of the global
+    batch's noise: the GAN's 2-replica run equals one device's on every
+    engine (without them, tensorflow and torch replicas draw apart: above)."""
+    _, ranks = run
+    got = ranks[0]["neutral_gan"]
+    single = _dist_case.neutral_gan()
+    for key, value in single["history"].items():
+        np.testing.assert_allclose(got["history"][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    _assert_close(got["weights"], single["weights"], atol=1e-5, what="weights")
+
+
 def test_batches_that_cannot_split_evenly_are_refused(run):
     errors = run[1][0]["errors"]
     assert "splits every batch into 2 equal shards" in errors["odd_batch"], errors

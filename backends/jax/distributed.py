@@ -83,6 +83,9 @@ class Replicas:
     def mean(self, tree: Any) -> Any:
         return tree  # logs are global already
 
+    def replica_index(self) -> int:
+        return 0  # the step sees the global batch
+
     def first(self, value: int) -> int:
         if self.process_count == 1:
             return int(value)

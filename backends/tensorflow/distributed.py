@@ -246,6 +246,10 @@ class Replicas:
             lambda ctx: tf.constant([int(value)], tf.int64))
         return [int(v) for v in np.asarray(self.strategy.gather(per_replica, axis=0))]
 
+    def replica_index(self) -> Any:
+        ctx = replica_context()  # (replica ids run over every worker's replicas, as the rows do)
+        return 0 if ctx is None else ctx.replica_id_in_sync_group
+
     def first(self, value: int) -> int:
         return self._gathered(value)[0]
 

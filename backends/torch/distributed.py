@@ -199,6 +199,9 @@ class Replicas:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
+    def replica_index(self) -> int:
+        return self.process_index  # one process per replica
+
     def first(self, value: int) -> int:
         return self._int(value, "first")
 

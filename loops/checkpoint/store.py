@@ -135,12 +135,13 @@ def restore_rng(engine: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any]
 def write(directory: str, variables: list[keras.Variable], *, position: dict[str, Any],
           meta: dict[str, Any], keep: int | None, extra: dict[str, np.ndarray] | None = None) -> str:
     """Writes one checkpoint atomically; prunes to the ``keep`` newest."""
-    os.makedirs(directory, exist_ok=True)
-    existing = listing(directory)
+    existing = listing(directory) if os.path.isdir(directory) else []
     seq = existing[-1][0] + 1 if existing else 0
     final = os.path.join(directory, f"ckpt-{seq:06d}")
-    tmp = tempfile.mkdtemp(prefix=f".ckpt-{seq:06d}-", dir=directory)
+    tmp = ""
     try:
+        os.makedirs(directory, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".ckpt-{seq:06d}-", dir=directory)
         state = os.path.join(tmp, "state.npz")
         arrays = {f"v{i:05d}": _host_value(v) for i, v in enumerate(variables)}
         arrays.update({f"x_{k}": np.asarray(a) for k, a in (extra or {}).items()})
@@ -165,9 +166,9 @@ def write(directory: str, variables: list[keras.Variable], *, position: dict[str
             os.fsync(f.fileno())
         _fsync(tmp)
         os.rename(tmp, final)  # atomic: the checkpoint appears whole or not at all
-        _fsync(directory)
     except OSError as e:  # a full disk, a directory gone read-only: the previous checkpoints stay whole
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
         previous = existing[-1][1] if existing else None
         raise CheckpointError(
             f"Could not write a checkpoint to {directory!r} ({e.strerror or e}). "
@@ -175,8 +176,13 @@ def write(directory: str, variables: list[keras.Variable], *, position: dict[str
                "run the same fit() again to resume from it." if previous else
                "No earlier checkpoint exists there. Free space or pass another checkpoint_dir.")) from e
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        _fsync(directory)  # the rename itself durable (best effort: the checkpoint is whole already)
+    except OSError:
+        pass
     if keep is not None:
         for _, old in listing(directory)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

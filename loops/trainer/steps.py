@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import keras
 
 from loops import distributed as _distributed
+from loops import neutral_random
 from loops import optimizers as _optimizers
 from loops._keras_private import compute_output_spec, is_ragged, is_sparse, pending_variables
 from loops.data import padding as _padding
@@ -101,6 +102,22 @@ def _eager_loop(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
         for batch in _padding.unstack(stacked):
             logs = step(batch)
         return logs
+
+    return run
+
+
+def _in_shard(body: Callable[[Any], Any], native: Any) -> Callable[[Any], Any]:
+    """A data-parallel step that sees one shard of the global batch: tells
+    neutral random draws which shard (``neutral_random.replica_shard``)."""
+
+    def run(batch: Any) -> Any:
+        data, _ = _padding.unwrap(batch)
+        leaves = [t for t in keras.tree.flatten(data) if t is not None and len(getattr(t, "shape", ())) > 0]
+        rows = leaves[0].shape[0] if leaves else None
+        if not isinstance(rows, int):
+            return body(batch)
+        with neutral_random.replica_shard(native.replica_index(), native.replicas_in_step, rows):
+            return body(batch)
 
     return run
 
@@ -245,6 +262,9 @@ class StepsMixin(StateMixin):
                 body = _eager_loop(step) if eager else self._engine.loop_steps(step, self._state)
             if self._engine.traces(eager, jit):
                 body = _warn_on_print(body, kind, self._engine.tracing)  # its Python runs only while tracing
+            replicas = _distributed.current(self)
+            if replicas.native is not None and replicas.native.replicas_in_step > 1:
+                body = _in_shard(body, replicas.native)  # neutral random draws: the global batch's
             many = self.steps_per_execution > 1 and kind != "predict"
             # (the trace counter describes a stacked execution's shapes as they are)
             compiled = self._runner.compile(body, eager=eager, jit_compile=jit, kind=kind,
