@@ -287,31 +287,36 @@ def draw_seed(seed: Any) -> Any:
     return seed_generator.draw_seed(seed)
 
 
-def _random_module() -> Any:
-    from keras.src.backend import random  # the active engine's module, which keras.random calls into
+def _engine_function(name: str) -> tuple[Any, str]:
+    """``"uniform"`` -> (the active engine's ``keras.src.backend.random``, "uniform");
+    ``"image.elastic_transform"`` -> (its ``keras.src.backend.image``, ...):
+    the modules ``keras.random`` / ``keras.ops.image`` call into at every call."""
+    from keras.src.backend import image, random
 
-    return random
+    module, _, attr = name.rpartition(".")
+    return (image if module == "image" else random), attr
 
 
 def original_random_function(name: str) -> Any:
-    return _RANDOM_ORIGINALS.get(name, getattr(_random_module(), name, None))
+    module, attr = _engine_function(name)
+    return _RANDOM_ORIGINALS.get(name, getattr(module, attr, None))
 
 
 def replace_random_backend(functions: dict[str, Any]) -> None:
-    module = _random_module()
-    missing = [name for name in functions if not hasattr(module, name)]
+    missing = [name for name in functions if not hasattr(*_engine_function(name))]
     if missing:  # (checked first: never a half-replaced module)
-        raise RuntimeError(f"Keras {__import__('keras').__version__} has no keras.src.backend.random.{missing[0]}: "
+        raise RuntimeError(f"Keras {__import__('keras').__version__} has no keras.src.backend.{missing[0]}: "
                            "loops' neutral random cannot replace it; set_seed(..., neutral_random=False).")
     for name, fn in functions.items():
-        _RANDOM_ORIGINALS.setdefault(name, getattr(module, name))
-        setattr(module, name, fn)
+        module, attr = _engine_function(name)
+        _RANDOM_ORIGINALS.setdefault(name, getattr(module, attr))
+        setattr(module, attr, fn)
 
 
 def restore_random_backend() -> None:
-    module = _random_module()
     for name, fn in _RANDOM_ORIGINALS.items():
-        setattr(module, name, fn)
+        module, attr = _engine_function(name)
+        setattr(module, attr, fn)
     _RANDOM_ORIGINALS.clear()
 
 

@@ -19,8 +19,9 @@ a value back into Python, so a torch step that draws stays captured.
 
 Floats are made from 24 random bits each (uniform: exact; normal and
 truncated normal through ``log``/``cos``/``erfinv``, whose last bits differ
-between engines by an ulp or so). ``gamma``, ``binomial`` and ``beta`` have no
-neutral form here: they warn once and draw from the engine's generator.
+between engines by an ulp or so). ``gamma``, ``binomial``, ``beta`` and
+``keras.ops.image.elastic_transform`` have no neutral form here: they warn
+once and draw from the engine's generator.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from loops import _keras_private
 _M1 = 0x7FEB352D
 _M2 = 0x846CA68B - (1 << 32)  # as a signed int32
 _GOLDEN = 0x9E3779B9 - (1 << 32)
-_NOT_NEUTRAL = ("gamma", "binomial", "beta")
+# Draws with no neutral form here: they warn once and use the engine's generator.
+_NOT_NEUTRAL = ("gamma", "binomial", "beta", "image.elastic_transform")
 
 
 def _shift_right(x: Any, k: int) -> Any:
@@ -208,8 +210,9 @@ def _warn_once(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def draw(*args: Any, **kwargs: Any) -> Any:
         if not warned:
             warned.append(True)
+            what = "keras.ops." + name if "." in name else "keras.random." + name
             warnings.warn(
-                f"neutral_random is on, but keras.random.{name} has no backend-neutral form: it draws "
+                f"neutral_random is on, but {what} has no backend-neutral form: it draws "
                 f"from the {keras.backend.backend()} generator, so its numbers differ between backends.",
                 stacklevel=2)
         return original(*args, **kwargs)

@@ -59,6 +59,19 @@ def noise_and_augmentation_cnn():
     return model, _fit(t, x, y)
 
 
+def augmentation_cnn():
+    """The geometric and colour augmentation layers (their draws neutral; the
+    transforms themselves are each engine's interpolation)."""
+    x, y = _data((8, 8, 1))
+    x = (x - x.min()) / (x.max() - x.min())  # images in [0, 1]
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.RandomRotation(0.1), keras.layers.RandomZoom(0.1),
+        keras.layers.RandomTranslation(0.1, 0.1), keras.layers.RandomBrightness(0.1, value_range=(0, 1)),
+        keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(), keras.layers.Dense(3)])
+    t = Trainer(model, optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model, _fit(t, x, y)
+
+
 class NeutralSampling(keras.layers.Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -138,8 +151,8 @@ def gan():
     return t.generator, _fit(t, x, key="g_loss")
 
 
-CASES = {"dropout_mlp": dropout_mlp, "noise_and_augmentation_cnn": noise_and_augmentation_cnn, "vae": vae,
-         "gan": gan}
+CASES = {"dropout_mlp": dropout_mlp, "noise_and_augmentation_cnn": noise_and_augmentation_cnn,
+         "augmentation_cnn": augmentation_cnn, "vae": vae, "gan": gan}
 
 
 def run(names):

@@ -127,3 +127,15 @@ def test_torch_capture_refuses_an_unverified_keras_with_the_fix(monkeypatch):
     monkeypatch.setattr(_keras_private, "_keras_version", lambda: (3, 99))
     with pytest.raises(RuntimeError, match=r"verified on Keras 3\.\d+ to 3\.\d+.*run_eagerly=True"):
         _keras_private.torch_core(capture=True)
+
+
+def test_the_engine_random_functions_neutral_random_replaces_still_exist():
+    """loops.neutral_random replaces these in Keras's active backend modules."""
+    from loops import neutral_random
+
+    for name in [*neutral_random.NEUTRAL, *neutral_random._NOT_NEUTRAL]:
+        assert callable(_keras_private.original_random_function(name)), name
+    import keras
+
+    seed = keras.ops.convert_to_numpy(_keras_private.draw_seed(7))
+    assert seed.ravel().tolist() == [7, 0]

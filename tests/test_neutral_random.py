@@ -43,7 +43,7 @@ def _cases(backend):
 
 def test_random_models_train_the_same_here_and_on_the_next_backend():
     here, there = _cases(BACKEND), _cases(NEXT_BACKEND)
-    assert sorted(here) == ["dropout_mlp", "gan", "noise_and_augmentation_cnn", "vae"]
+    assert sorted(here) == ["augmentation_cnn", "dropout_mlp", "gan", "noise_and_augmentation_cnn", "vae"]
     for case in here:
         np.testing.assert_allclose(here[case]["losses"], there[case]["losses"], rtol=1e-5, atol=1e-6,
                                    err_msg=f"{case}: {BACKEND} vs {NEXT_BACKEND}")
@@ -143,3 +143,10 @@ def test_a_torch_step_that_draws_stays_captured():
         warnings.filterwarnings("error", message=".*eager.*")
         t.fit(np.ones((32, 4), "float32"), np.ones((32, 1), "float32"), batch_size=8, epochs=2, verbose=0)
     assert t.trace_counts == {"train": 1}
+
+
+def test_elastic_transform_warns_that_it_is_not_neutral():
+    loops.set_seed(0, neutral_random=True)
+    images = np.random.default_rng(0).uniform(size=(1, 8, 8, 1)).astype("float32")
+    with pytest.warns(UserWarning, match=r"keras\.ops\.image\.elastic_transform has no backend-neutral form"):
+        keras.ops.image.elastic_transform(images, seed=1)
