@@ -135,7 +135,7 @@ def restore_rng(engine: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any]
 def write(directory: str, variables: list[keras.Variable], *, position: dict[str, Any],
           meta: dict[str, Any], keep: int | None, extra: dict[str, np.ndarray] | None = None) -> str:
     """Writes one checkpoint atomically; prunes to the ``keep`` newest."""
-    existing = listing(directory) if os.path.isdir(directory) else []
+    existing = listing(directory)
     seq = existing[-1][0] + 1 if existing else 0
     final = os.path.join(directory, f"ckpt-{seq:06d}")
     tmp = ""

@@ -142,9 +142,11 @@ def _check_lr_callbacks(trainer: Any, callbacks: Any) -> None:
     """Keras < 3.15's learning-rate callbacks act on ``model.optimizer`` alone:
     with several optimizers they would fail with Keras's 'must have a
     "learning_rate" attribute'; say why instead."""
-    if tuple(int(p) for p in keras.__version__.split(".")[:2]) >= (3, 15):
-        return
+    from loops._keras_private import _keras_version
     from loops.optimizers import OptimizerGroup
+
+    if _keras_version() >= (3, 15):
+        return
 
     if not isinstance(getattr(trainer, "optimizer", None), OptimizerGroup):
         return
