@@ -118,6 +118,12 @@ class Replicas(Protocol):
         """The largest ``value`` over processes (a signal any of them got)."""
         ...
 
+    def lost(self, error: BaseException) -> str | None:
+        """If ``error`` is the engine's way of saying another process is gone
+        (its collective failed: connection closed, peer unavailable, heartbeat
+        missed), what the engine said, in one line; else None."""
+        ...
+
 
 class Backend(Protocol):
     NAME: str
@@ -251,14 +257,17 @@ class Backend(Protocol):
         group of more than one process), or None for one device."""
         ...
 
-    def data_parallel(self, devices: Any) -> Callable[[], None]:
+    def data_parallel(self, devices: Any, timeout: float | None = None) -> Callable[[], None]:
         """Starts data parallelism the engine's way (``loops.data_parallel``):
         jax ``set_distribution(DataParallel(devices))`` (after
         ``keras.distribution.initialize()`` when launched as several
         processes), tensorflow ``MirroredStrategy(devices)`` (or
         ``MultiWorkerMirroredStrategy`` under a multi-task ``TF_CONFIG``) made
         current, torch ``init_process_group`` from ``torchrun``'s environment
-        (NCCL on GPU, gloo on CPU). Returns the function that undoes it."""
+        (NCCL on GPU, gloo on CPU). ``timeout``: seconds a process waits on
+        a silent peer before failing (jax: the coordination heartbeat;
+        tensorflow: collectives; torch: the process group). Returns the
+        function that undoes it."""
         ...
 
     def wrap_native_optimizer(self, native: Any, options: dict[str, Any]) -> Any:

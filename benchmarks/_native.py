@@ -71,28 +71,7 @@ def _jax(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
     if w is not W.GAN:
         model = W.keras_model(w.spec, w.input_shape, w.name)
         model.set_weights(weights)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        opt, ov = opt_for(model)
-
-        def step(state: Any, x: Any, y: Any) -> Any:
-            tv, ntv, ov = state
-
-            def f(tv: Any) -> Any:
-                logits, ntv2 = model.stateless_call(tv, ntv, x, training=True)
-                return loss_fn(y, logits), ntv2
-
-            (loss, ntv), grads = jax.value_and_grad(f, has_aux=True)(tv)
-            tv, ov = opt.stateless_apply(ov, grads, tv)
-            return (tv, ntv, ov), loss
-
-        jstep = jax.jit(step, donate_argnums=0)
-        box = [(*values(model), ov)]
-
-        def run_step(b: dict[str, Any]) -> dict[str, Any]:
-            box[0], loss = jstep(box[0], b["x"], b["y"])
-            return {"loss": loss}
-
-        return NativeArm(run_step, batches, lambda t: t.block_until_ready())
+        return jax_model_arm(model, batches)
 
     g, d = gan_models(weights)
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -130,6 +109,39 @@ def _jax(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
     return NativeArm(run_gan, batches, lambda t: t.block_until_ready())
 
 
+def jax_model_arm(model: Any, batches: list[Any]) -> NativeArm:
+    """The native jax loop for any Keras ``model`` (weights already set):
+    one donated ``jax.jit`` of ``stateless_call``, sparse cross-entropy from
+    logits and the Keras Adam's ``stateless_apply``."""
+    import jax
+    import keras
+
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    opt = keras.optimizers.Adam(W.LR, epsilon=W.EPS)
+    opt.build(model.trainable_variables)
+
+    def step(state: Any, x: Any, y: Any) -> Any:
+        tv, ntv, ov = state
+
+        def f(tv: Any) -> Any:
+            logits, ntv2 = model.stateless_call(tv, ntv, x, training=True)
+            return loss_fn(y, logits), ntv2
+
+        (loss, ntv), grads = jax.value_and_grad(f, has_aux=True)(tv)
+        tv, ov = opt.stateless_apply(ov, grads, tv)
+        return (tv, ntv, ov), loss
+
+    jstep = jax.jit(step, donate_argnums=0)
+    box = [([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+            [v.value for v in opt.variables])]
+
+    def run_step(b: dict[str, Any]) -> dict[str, Any]:
+        box[0], loss = jstep(box[0], b["x"], b["y"])
+        return {"loss": loss}
+
+    return NativeArm(run_step, batches, lambda t: t.block_until_ready())
+
+
 def _tf(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
     import keras
     import tensorflow as tf
@@ -139,18 +151,7 @@ def _tf(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
     if w is not W.GAN:
         model = W.keras_model(w.spec, w.input_shape, w.name)
         model.set_weights(weights)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        opt = keras.optimizers.Adam(W.LR, epsilon=W.EPS)
-
-        @tf.function
-        def step(x: Any, y: Any) -> Any:
-            with tf.GradientTape() as tape:
-                loss = loss_fn(y, model(x, training=True))
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
-
-        return NativeArm(lambda b: {"loss": step(b["x"], b["y"])}, batches, lambda t: t.numpy())
+        return tf_model_arm(model, batches)
 
     g, d = gan_models(weights)
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -176,7 +177,34 @@ def _tf(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
     return NativeArm(run_gan, batches, lambda t: t.numpy())
 
 
-def _torch(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
+def tf_model_arm(model: Any, batches: list[Any]) -> NativeArm:
+    """The native tensorflow loop for any Keras ``model`` (weights already
+    set): ``tf.function`` around ``GradientTape`` and ``apply_gradients``."""
+    import keras
+    import tensorflow as tf
+
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    opt = keras.optimizers.Adam(W.LR, epsilon=W.EPS)
+
+    @tf.function
+    def step(x: Any, y: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return NativeArm(lambda b: {"loss": step(b["x"], b["y"])}, batches, lambda t: t.numpy())
+
+
+def torch_net_arm(net: Any, batches: list[Any]) -> NativeArm:
+    """The native torch loop for a ``torch.nn`` module (weights already set)
+    returning logits; sequence logits ``(batch, time, classes)`` are scored
+    against labels ``(batch, time)`` as Keras's sparse cross-entropy does."""
+    return _torch(W.MLP, None, batches, net=net)
+
+
+def _torch(w: W.Workload, weights: Any, batches: list[Any], net: Any = None) -> NativeArm:
     import torch
 
     # Keras's torch backend runs on CUDA when torch sees a GPU; so does this arm.
@@ -202,7 +230,7 @@ def _torch(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
     adam = lambda params: torch.optim.Adam(params, lr=W.LR, eps=W.EPS)  # noqa: E731
     sync = lambda t: t.cpu().numpy()  # noqa: E731
     if w is not W.GAN:
-        net = W.torch_module(w.spec, weights).to(device)
+        net = (W.torch_module(w.spec, weights) if net is None else net).to(device)
         opt = adam(net.parameters())
         ce = torch.nn.CrossEntropyLoss()
 
@@ -210,7 +238,8 @@ def _torch(w: W.Workload, weights: Any, batches: list[Any]) -> NativeArm:
             if device.type != "cpu":
                 b = to_device(b)
             opt.zero_grad(set_to_none=True)
-            loss = ce(net(b["x"]), b["y"])
+            logits = net(b["x"])
+            loss = ce(logits.reshape(-1, logits.shape[-1]), b["y"].reshape(-1))
             loss.backward()
             opt.step()
             return {"loss": loss.detach()}

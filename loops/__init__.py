@@ -13,7 +13,7 @@ from loops import optimizers
 from loops.debug.check import CheckReport
 from loops.trainer.checks import UnusedVariableWarning
 from loops.checkpoint.store import Checkpoint, CheckpointError, latest_checkpoint
-from loops.distributed import data_parallel
+from loops.distributed import ProcessLost, data_parallel
 from loops.debug.nans import NonFiniteError, NonFiniteReport
 from loops._ops import clip_by_global_norm, global_norm
 from loops.debug.retrace import RetraceWarning
@@ -31,6 +31,7 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteReport",
     "OptimizerGroup",
+    "ProcessLost",
     "RetraceWarning",
     "Trainer",
     "UnusedVariableWarning",

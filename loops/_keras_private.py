@@ -265,6 +265,14 @@ def backend_update_step() -> Any:
     return BaseOptimizer._backend_update_step
 
 
+def jax_initialize_rng() -> None:
+    """What ``keras.distribution.initialize`` does after ``jax.distributed.initialize``:
+    one global seed for every process (``keras.src.backend.jax.distribution_lib.initialize_rng``)."""
+    from keras.src.backend.jax.distribution_lib import initialize_rng
+
+    initialize_rng()
+
+
 def loss_module() -> Any:
     """``keras.src.losses.loss``: its ``(un)scale_loss_for_distribution`` hooks."""
     from keras.src.losses import loss

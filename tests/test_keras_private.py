@@ -116,6 +116,10 @@ def test_engine_internals_the_backends_use_still_exist():
     loss = _keras_private.loss_module()
     assert callable(loss.scale_loss_for_distribution) and callable(loss.unscale_loss_for_distribution)
     assert callable(_keras_private.backend_update_step())
+    if keras.backend.backend() == "jax":  # (importing it needs jax)
+        from keras.src.backend.jax import distribution_lib
+
+        assert callable(distribution_lib.initialize_rng)
     if keras.backend.backend() == "torch":
         core = _keras_private.torch_core(capture=True)  # the installed Keras is in the verified range
         assert callable(core.cond) and callable(core.get_device)

@@ -171,6 +171,8 @@ def tracing() -> bool:
 
 def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
     tensors = list(tensors)
+    if jax.process_count() > 1:  # global arrays span processes: every process sees all of each value
+        tensors = _dp.everywhere(tensors)
     if not any(isinstance(t, jax.core.Tracer) for t in tensors):
         fn(*[np.asarray(t) for t in tensors])
         return

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import types
 from typing import Any, Callable, Iterator, Sequence
@@ -194,6 +195,11 @@ def _cluster(strategy: tf.distribute.Strategy) -> tuple[int, int]:
     return multi_worker_util.id_in_cluster(spec, resolver.task_type, resolver.task_id), count
 
 
+# How a collective fails when another worker is gone.
+_TF_LOST = re.compile(r"failed to connect|Connection (closed|reset|refused)|Socket closed|is unhealthy"
+                      r"|heartbeat|Collective ops is aborted by: (?!Shape mismatch)")
+
+
 class Replicas:
     """A ``tf.distribute`` strategy, as ``loops.backends.protocol.Replicas``."""
 
@@ -257,12 +263,23 @@ class Replicas:
         return max(self._gathered(value))
 
 
+    def lost(self, error: BaseException) -> str | None:
+        if self.process_count == 1:
+            return None
+        lost_peer = isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)) or (
+            isinstance(error, tf.errors.OpError) and _TF_LOST.search(str(error)) is not None)
+        if not lost_peer:
+            return None
+        lines = [line.strip() for line in str(error).splitlines() if _TF_LOST.search(line)]
+        return (lines[0] if lines else str(error).splitlines()[0])[:300]
+
+
 def replicas(variables: Sequence[keras.Variable]) -> Replicas | None:
     strategy = strategy_of(variables)
     return None if strategy is None else Replicas(strategy)
 
 
-def data_parallel(devices: Any = None) -> Callable[[], None]:
+def data_parallel(devices: Any = None, timeout: float | None = None) -> Callable[[], None]:
     """``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several tasks,
     else ``MirroredStrategy(devices)``, made current for the process."""
     config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
@@ -270,7 +287,9 @@ def data_parallel(devices: Any = None) -> Callable[[], None]:
     if sum(len(cluster.get(job, [])) for job in ("chief", "worker")) > 1:
         if devices is not None:
             raise ValueError("With TF_CONFIG (several workers), each worker uses its local devices: pass no devices.")
-        strategy: tf.distribute.Strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=None if timeout is None else float(timeout))
+        strategy: tf.distribute.Strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     else:
         strategy = tf.distribute.MirroredStrategy(devices)
     previous = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None

@@ -17,7 +17,9 @@ DDP does, done where this project's steps need it:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import re
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
@@ -116,6 +118,11 @@ def gather_rows(tree: Any) -> Any:
     return keras.tree.map_structure(gather, tree)
 
 
+# How a collective fails when another process is gone (gloo's TCP pair, NCCL's watchdog, the store).
+_TORCH_LOST = re.compile(r"Connection (closed|reset) by peer|Broken pipe|communicator was aborted"
+                         r"|Socket Timeout|Connection refused|remote process exited|ProcessGroup.*aborted")
+
+
 class Replicas:
     """The running process group, as ``loops.backends.protocol.Replicas``."""
 
@@ -208,6 +215,14 @@ class Replicas:
     def max(self, value: int) -> int:
         return self._int(value, "max")
 
+    def lost(self, error: BaseException) -> str | None:
+        if self.process_count == 1 or not isinstance(error, RuntimeError):  # (DistBackendError is one)
+            return None
+        for line in str(error).splitlines():
+            if _TORCH_LOST.search(line):
+                return line.strip()[:300]
+        return None
+
 
 _warned_unlaunched = False
 
@@ -227,7 +242,7 @@ def replicas(variables: Sequence[keras.Variable]) -> Replicas | None:
     return None
 
 
-def data_parallel(devices: Any = None) -> Callable[[], None]:
+def data_parallel(devices: Any = None, timeout: float | None = None) -> Callable[[], None]:
     if devices is not None:
         raise ValueError(
             "On torch, data parallelism is one process per device: launch the script with "
@@ -242,11 +257,12 @@ def data_parallel(devices: Any = None) -> Callable[[], None]:
             "(`torchrun --nproc-per-node=N script.py`); this process was not (WORLD_SIZE is unset or 1), "
             "so it trains on one device.", stacklevel=3)
         return lambda: None
+    wait = {} if timeout is None else {"timeout": datetime.timedelta(seconds=float(timeout))}
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # Keras's "cuda" is this GPU
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", **wait)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", **wait)
 
     def undo() -> None:
         if dist.is_initialized():

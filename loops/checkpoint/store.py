@@ -88,7 +88,8 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def _host_value(v: keras.Variable) -> np.ndarray:
+def host_value(v: keras.Variable) -> np.ndarray:
+    """A variable's value as the checkpoint stores it (NumPy; exotic float dtypes as float32)."""
     arr = np.asarray(keras.ops.convert_to_numpy(v))  # (a tf.distribute variable reads only so)
     if arr.dtype.kind == "V" or arr.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
         arr = arr.astype("float32")  # .npy has no such dtypes; the manifest keeps the real one
@@ -132,7 +133,7 @@ def restore_rng(engine: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any]
         random.setstate((version, tuple(int(i) for i in arrays["python_state"]), gauss_next))
 
 
-def write(directory: str, variables: list[keras.Variable], *, position: dict[str, Any],
+def write(directory: str, variables: list[keras.Variable], values: list[np.ndarray], *, position: dict[str, Any],
           meta: dict[str, Any], keep: int | None, extra: dict[str, np.ndarray] | None = None) -> str:
     """Writes one checkpoint atomically; prunes to the ``keep`` newest."""
     existing = listing(directory)
@@ -143,7 +144,7 @@ def write(directory: str, variables: list[keras.Variable], *, position: dict[str
         os.makedirs(directory, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".ckpt-{seq:06d}-", dir=directory)
         state = os.path.join(tmp, "state.npz")
-        arrays = {f"v{i:05d}": _host_value(v) for i, v in enumerate(variables)}
+        arrays = {f"v{i:05d}": v for i, v in enumerate(values)}
         arrays.update({f"x_{k}": np.asarray(a) for k, a in (extra or {}).items()})
         with open(state, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]  # (numpy's stub types **kwds as allow_pickle)
@@ -339,9 +340,10 @@ class Checkpointer:
         self.saved_at = int(global_step)
         self.due = False
 
-    def write(self, variables: Callable[[], list[keras.Variable]], position: dict[str, Any],
+    def write(self, variables: list[keras.Variable], values: list[np.ndarray], position: dict[str, Any],
               meta: dict[str, Any], extra: dict[str, np.ndarray] | None = None) -> str:
-        path = write(self.directory, variables(), position=position, meta=meta, keep=self.keep, extra=extra)
+        """``values``: the ``variables``' ``host_value``s (read by every process)."""
+        path = write(self.directory, variables, values, position=position, meta=meta, keep=self.keep, extra=extra)
         self.saved_at = int(position["global_step"])
         self.due = False
         return path

@@ -38,6 +38,13 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _CHIEF_ONLY_CALLBACKS = ("ProgbarLogger", "CSVLogger", "TensorBoard")
 
 
+class ProcessLost(RuntimeError):
+    """Another process of a multi-process run died or stopped answering, so a
+    collective failed: this process cannot go on alone. Relaunch the job (the
+    same command) to resume from the last checkpoint; ``torchrun
+    --max-restarts=N`` does that by itself."""
+
+
 class Replicas:
     """The data-parallel setup a trainer runs under (inactive: one device)."""
 
@@ -154,6 +161,22 @@ class Replicas:
             return signum
         return self.native.max(signum or 0) or None
 
+    def lost(self, error: BaseException, checkpoint: str | None = None) -> ProcessLost | None:
+        """A ``ProcessLost`` if ``error`` is the engine saying another process
+        is gone (``checkpoint``: the newest one, to resume from); else None."""
+        if self.process_count == 1 or isinstance(error, ProcessLost):
+            return None
+        said = self.native.lost(error)
+        if said is None:
+            return None
+        resume = (f"The last checkpoint is {checkpoint}: run the same launch command again to resume from it"
+                  if checkpoint else "Pass fit(checkpoint_dir=...) to be able to resume after this; run the "
+                  "same launch command again to start over")
+        return ProcessLost(
+            f"Process {self.process_index} of {self.process_count} ({self.native.description}) lost another "
+            f"process: {said}. A process of the run died or stopped answering, and this one cannot go on "
+            f"without it. {resume} (under torchrun, --max-restarts=N relaunches by itself).")
+
     # ------------------------------------------------------------- output
 
     def callbacks(self, callbacks: Any, verbose: int) -> tuple[Any, int]:
@@ -189,6 +212,11 @@ def in_replica_scope(method: _F) -> _F:
         try:
             with replicas.scope():
                 return method(self, *args, **kwargs)
+        except Exception as e:
+            lost = replicas.lost(e)
+            if lost is None:
+                raise
+            raise lost from e
         finally:
             self._replicas = None
 
@@ -218,7 +246,7 @@ class DataParallel:
         return f"loops.data_parallel() on {self.engine}"
 
 
-def data_parallel(devices: Any = None) -> DataParallel:
+def data_parallel(devices: Any = None, *, timeout: float | None = None) -> DataParallel:
     """Train data-parallel on the engine's own distributed runtime: one line,
     before the model is built. The same Trainer and ``train_step`` then run on
     every device, each on its shard of every batch, with global-batch results.
@@ -238,6 +266,19 @@ def data_parallel(devices: Any = None) -> DataParallel:
     building the model and trainer, an initialized ``torch.distributed``
     process group.
 
+    When a process dies, the others do not hang: their next collective
+    fails (at once where the connection drops, else after ``timeout``) and
+    ``fit`` raises ``loops.ProcessLost`` naming the last checkpoint; running
+    the same launch command again resumes from it (``torchrun
+    --max-restarts=N`` relaunches by itself).
+
+    Args:
+        devices: the devices to split batches over (jax, tensorflow; default all).
+        timeout: seconds a process waits for a silent one before giving up
+            (jax: the coordination service's heartbeat, default 100;
+            tensorflow: each collective, default none; torch: the process
+            group's, default 30 minutes). Default: the engine's.
+
     Returns:
         A handle; ``with loops.data_parallel(): ...`` ends it on exit.
 
@@ -246,8 +287,10 @@ def data_parallel(devices: Any = None) -> DataParallel:
         >>> model = build_model()
         >>> Trainer(model, "adam", loss).fit(x, y, batch_size=256)  # 256 = the global batch
     """
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"data_parallel(timeout=...) takes a positive number of seconds, got {timeout!r}.")
     engine = backends.get()
-    return DataParallel(engine.data_parallel(devices), engine.NAME)
+    return DataParallel(engine.data_parallel(devices, timeout), engine.NAME)
 
 
-__all__ = ["DataParallel", "Replicas", "current", "data_parallel", "in_replica_scope"]
+__all__ = ["DataParallel", "ProcessLost", "Replicas", "current", "data_parallel", "in_replica_scope"]

@@ -186,8 +186,10 @@ class LoopMixin(ExecutionMixin):
             progress.end_training()
             self._finalize_optimizers(epochs)
             cbs.on_train_end(logs=training_logs)
-        except BaseException:
-            progress.on_exception()
+        except BaseException as e:
+            lost = progress.on_exception(e)
+            if lost is not None:
+                raise lost from e
             raise
         finally:
             if ckpt is not None:

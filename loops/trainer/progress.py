@@ -139,15 +139,25 @@ class _Progress:
         if self.ckpt is not None and self.ckpt.saved_at != self.global_step:
             self.save()
 
-    def on_exception(self) -> None:
-        """An exception (or Ctrl-C) stops fit: keep the steps done so far."""
+    def on_exception(self, error: BaseException) -> Exception | None:
+        """An exception (or Ctrl-C) stops fit: keep the steps done so far.
+        Another process gone (a collective failed): write nothing (the step
+        in flight may be half done) and return the ``ProcessLost`` to raise."""
+        replicas = _distributed.current(self.trainer)
+        if replicas.process_count > 1 and isinstance(error, Exception):
+            newest = _checkpoint.latest_checkpoint(self.ckpt.directory) if self.ckpt is not None else None
+            lost = replicas.lost(error, None if newest is None else
+                                 f"{newest.path} (epoch {newest.epoch + 1}, global step {newest.global_step})")
+            if lost is not None:
+                return lost
         if self.ckpt is None or self.ckpt.saved_at == self.global_step:
-            return
+            return None
         try:
             # (one process may fail alone: no collective, the chief's own metric state)
             self.save(collective=_distributed.current(self.trainer).process_count == 1)
         except Exception as e:  # the state itself may be what failed; say so, keep the original error
             warnings.warn(f"Could not write a checkpoint after the error: {e!r}", stacklevel=2)
+        return None
 
     # ---------------------------------------------------------------- write
 
@@ -159,12 +169,15 @@ class _Progress:
         trainer._sync()  # device-held state (jax) into the variables
         replicas = _distributed.current(trainer)
         with replicas.global_metric_state(trainer) if collective else contextlib.nullcontext():
+            # Every process reads the state (a read can be a collective: tf.distribute's
+            # multi-worker metric state); the chief alone writes it.
+            values = [_checkpoint.host_value(v) for v in trainer.variables]
             if not replicas.is_chief:
                 self.ckpt.skip(self.global_step)
                 return None
-            return self._write()
+            return self._write(values)
 
-    def _write(self) -> str:
+    def _write(self, values: list[Any]) -> str:
         assert self.ckpt is not None
         trainer = self.trainer
         history = self._history_callback()
@@ -180,4 +193,4 @@ class _Progress:
             "last_logs": _host(self.last_logs),
         }
         rng_arrays, meta["rng"] = _checkpoint.capture_rng(trainer._engine)
-        return self.ckpt.write(lambda: trainer.variables, position, meta, extra=rng_arrays)
+        return self.ckpt.write(trainer.variables, values, position, meta, extra=rng_arrays)
