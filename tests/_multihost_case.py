@@ -15,7 +15,8 @@ The script adds one line to the single-process recipe, ``loops.data_parallel()``
 MODE ``runs``: the classic recipe of tests/_dist_case.py over both processes
 (the global batch is the one-process batch): a whole run (checkpoints in
 OUT/full), one epoch into OUT/half (which one process then continues), and the
-continuation of a one-process epoch in OUT/from-one.
+continuation of a one-process epoch in OUT/from-one; then a checkpoint_dir
+that is not shared (OUT/local-<rank>), whose resume must fail on every process.
 
 MODE ``kill``: the whole run, slowed down, checkpointing every 3 steps into
 OUT/kill, each process's pid in OUT/pid-rank<r> (the test kills one).
@@ -81,6 +82,15 @@ def runs(out):
     found["full"] = _result(t, _dist_case.fit(t, os.path.join(out, "full")))
     t = _dist_case.trainer()
     found["half"] = _result(t, _dist_case.fit(t, os.path.join(out, "half"), epochs=1))
+    # checkpoint_dir on each host's own disk (a different path per process): the chief's checkpoints
+    # are not where the others look, so resuming must fail on every process (not hang, not diverge)
+    local = os.path.join(out, f"local-{_rank()}")
+    _dist_case.fit(_dist_case.trainer(), local, epochs=1)
+    try:
+        _dist_case.fit(_dist_case.trainer(), local)
+        found["local_disks"] = None
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        found["local_disks"] = f"{type(e).__name__}: {e}"
     if os.path.isdir(os.path.join(out, "from-one")):
         t = _dist_case.trainer()
         found["from_one"] = _result(t, _dist_case.fit(t, os.path.join(out, "from-one")))
@@ -113,6 +123,8 @@ def kill(out, rank):
 def main():
     out, mode = sys.argv[1], sys.argv[2]
     rank = _rank()
+    print("launched as:", {k: v for k, v in os.environ.items() if k.startswith(("TORCHELASTIC", "MASTER_", "GROUP_"))
+                           or k in ("RANK", "WORLD_SIZE")}, file=sys.stderr, flush=True)
     written = set()
     if os.environ.get("KERAS_BACKEND") == "torch":
         import torch

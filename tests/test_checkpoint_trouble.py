@@ -166,3 +166,22 @@ def test_a_checkpoint_of_another_model_or_optimizer_is_refused_and_left_as_it_wa
 
 def test_the_error_is_a_value_error_as_the_rest_of_bad_input():
     assert issubclass(loops.CheckpointError, ValueError)
+
+
+def test_a_write_a_dead_process_left_half_done_is_ignored_then_removed(tmp_path):
+    """A run killed (SIGKILL) while writing leaves only a temporary directory
+    (the checkpoint appears by an atomic rename): the next run resumes from the
+    last whole checkpoint, and removes the leftover before its first step."""
+    x, y = _data()
+    ckpt = tmp_path / "ckpt"
+    first = _trainer().fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False, checkpoint_dir=str(ckpt))
+    leftover = ckpt / ".ckpt-000001-dead1234"
+    leftover.mkdir()
+    (leftover / "state.npz").write_bytes(b"half of it")
+    assert latest_checkpoint(ckpt).global_step == 4  # the leftover is not a checkpoint
+    resumed = _trainer()
+    history = resumed.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False, checkpoint_dir=str(ckpt))
+    assert history.epoch == [0, 1]
+    assert history.history["loss"][0] == first.history["loss"][0]  # epoch 1 restored (a new model differs)
+    assert not leftover.exists()
+    assert sorted(os.listdir(ckpt)) == ["ckpt-000000", "ckpt-000001"]

@@ -62,13 +62,13 @@ class Launch:
     """The engine's 2-"host" launch of tests/_multihost_case.py OUT MODE, one
     Popen per host (its own session, so its children die with it)."""
 
-    def __init__(self, out, mode, ports, restarts=0):
+    def __init__(self, out, mode, ports, restarts=0, agents=2):
         self.out, self.mode = str(out), mode
         env = dict(os.environ, KERAS_BACKEND=BACKEND, OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2",
                    PYTHONUNBUFFERED="1")
         env.pop("XLA_FLAGS", None)  # one device per process
         self.procs, self.logs = [], []
-        for host in range(2):
+        for host in range(agents):  # (torch with agents=1: one torchrun agent starts both processes)
             host_env = dict(env)
             if BACKEND == "jax":
                 host_env.update(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{ports[0]}",
@@ -79,7 +79,9 @@ class Launch:
                                                     "task": {"type": "worker", "index": host}})
                 cmd = [sys.executable, CASE, self.out, mode]
             else:
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                nodes = (["--nnodes=2", "--nproc-per-node=1"] if agents == 2 else
+                         ["--nnodes=1", "--nproc-per-node=2"])
+                cmd = [sys.executable, "-m", "torch.distributed.run", *nodes,
                        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{ports[0]}", "--rdzv-id=loops-test",
                        f"--max-restarts={restarts}", "--monitor-interval=0.5", CASE, self.out, mode]
             log = open(os.path.join(self.out, f"{mode}-host{host}-{time.monotonic_ns()}.log"), "w")
@@ -177,6 +179,17 @@ def test_a_checkpoint_moves_from_two_processes_to_one_and_from_one_to_two(runs, 
     _assert_run_equal(ranks[0]["from_one"], reference, what="1 -> 2")
 
 
+def test_a_checkpoint_dir_the_processes_do_not_share_fails_on_every_process(runs):
+    """Each process its own checkpoint_dir (a host's local disk): only the chief's holds checkpoints.
+    Resuming must not let the chief resume while the other starts over: all stop with the fix."""
+    _, ranks = runs
+    for rank in ranks:
+        error = rank["local_disks"]
+        assert error is not None and error.startswith("CheckpointError"), error
+        assert "checkpoint_dir must be a directory every process sees" in error, error
+    assert "process 1 cannot read it" in ranks[1]["local_disks"]
+
+
 def _kill_rank_one_after_first_checkpoint(out, launch, limit=LIMIT):
     """SIGKILL to process 1 from outside once the first checkpoint exists (mid-epoch: it is written
     before step 4 of 7, and steps take 0.25 s). Returns the global step it was killed after."""
@@ -194,17 +207,22 @@ def _kill_rank_one_after_first_checkpoint(out, launch, limit=LIMIT):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torchrun restarts the group; jax and tensorflow stop (below)")
-def test_torchrun_restarts_after_a_killed_worker_and_ends_as_the_uninterrupted_run(runs, reference, tmp_path):
-    launch = Launch(tmp_path, "kill", _free_ports(1), restarts=2)
+@pytest.mark.parametrize("agents", [2, 1], ids=["nnodes=2", "nproc-per-node=2"])
+def test_torchrun_restarts_after_a_killed_worker_and_ends_as_the_uninterrupted_run(runs, reference, tmp_path,
+                                                                                   agents):
+    launch = Launch(tmp_path, "kill", _free_ports(1), restarts=2, agents=agents)
     try:
         _kill_rank_one_after_first_checkpoint(tmp_path, launch)
         codes = launch.wait()
     finally:
         launch.kill()
-    assert codes == [0, 0], launch.output()[-6000:]
+    assert codes == [0] * agents, launch.output()[-6000:]
     ranks = [json.load(open(tmp_path / f"kill-rank{r}.json")) for r in range(2)]
+    # restarted (the dead worker's agent counts a failure; the other restarts for the new round) and
+    # resumed, not started afresh, both from the same step
+    assert max(rank["attempt"] for rank in ranks) >= 1, [rank["attempt"] for rank in ranks]
     for rank in ranks:
-        assert rank["attempt"] >= 1 and rank["resumed_from"] >= 3, rank  # restarted, resumed (not from scratch)
+        assert rank["resumed_from"] >= 3, rank["resumed_from"]
         _assert_run_equal(rank["kill"], runs[1][0]["full"], atol=0, what="restarted (bitwise)")
         _assert_run_equal(rank["kill"], reference, what="restarted vs one process")
     assert ranks[0]["resumed_from"] == ranks[1]["resumed_from"]

@@ -20,6 +20,7 @@ import contextlib
 import datetime
 import os
 import re
+import time
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
@@ -242,6 +243,47 @@ def replicas(variables: Sequence[keras.Variable]) -> Replicas | None:
     return None
 
 
+def _fresh_store(timeout: datetime.timedelta | None) -> dict[str, Any]:
+    """The process group's store, under a prefix of its own for this start of
+    the group: ``{"store": ..., "rank": ..., "world_size": ...}``.
+
+    Under ``torchrun`` the workers share the agent's store, which outlives a
+    restart (``--max-restarts``): without a prefix, a restarted worker can read
+    the address a dead worker published (gloo then times out connecting, or
+    waits for good). Agents restart with different ``TORCHELASTIC_RESTART_COUNT``
+    (a failure counts, a peer's restart does not), so the workers agree on a
+    generation through the store itself: rank 0 draws it, and answers each
+    other rank's fresh nonce with it (a nonce cannot be stale)."""
+    import uuid
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    limit = timeout or datetime.timedelta(minutes=30)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=limit)
+    if rank == 0:
+        generation = str(store.add("loops/generation", 1))
+        deadline = time.monotonic() + limit.total_seconds()
+        waiting = set(range(1, world))
+        while waiting:
+            for r in list(waiting):
+                if store.check([f"loops/joined/{generation}/{r}"]):
+                    waiting.discard(r)
+                elif store.check([f"loops/hello/{r}"]):  # maybe a dead worker's: answering it is harmless
+                    store.set(f"loops/answer/{store.get(f'loops/hello/{r}').decode()}", generation)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"torch.distributed: ranks {sorted(waiting)} of {world} did not join within "
+                                   f"{limit.total_seconds():.0f} s.")
+            time.sleep(0.01)
+    else:
+        nonce = uuid.uuid4().hex
+        store.set(f"loops/hello/{rank}", nonce)
+        store.wait([f"loops/answer/{nonce}"])
+        generation = store.get(f"loops/answer/{nonce}").decode()
+        store.delete_key(f"loops/answer/{nonce}")
+        store.set(f"loops/joined/{generation}/{rank}", "1")
+    return {"store": dist.PrefixStore(f"loops/pg/{generation}", store), "rank": rank, "world_size": world}
+
+
 def data_parallel(devices: Any = None, timeout: float | None = None) -> Callable[[], None]:
     if devices is not None:
         raise ValueError(
@@ -257,7 +299,9 @@ def data_parallel(devices: Any = None, timeout: float | None = None) -> Callable
             "(`torchrun --nproc-per-node=N script.py`); this process was not (WORLD_SIZE is unset or 1), "
             "so it trains on one device.", stacklevel=3)
         return lambda: None
-    wait = {} if timeout is None else {"timeout": datetime.timedelta(seconds=float(timeout))}
+    wait: dict[str, Any] = {} if timeout is None else {"timeout": datetime.timedelta(seconds=float(timeout))}
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        wait.update(_fresh_store(wait.get("timeout")))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # Keras's "cuda" is this GPU
         dist.init_process_group("nccl", **wait)

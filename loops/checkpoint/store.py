@@ -301,12 +301,16 @@ class Checkpointer:
 
     def probe(self) -> None:
         """Fails now, before any step, if the directory cannot be written
-        (rather than at the first checkpoint, after an epoch of work)."""
+        (rather than at the first checkpoint, after an epoch of work); removes
+        the temporary directories of writes a dead run left half done."""
         try:
             os.makedirs(self.directory, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=".probe-", dir=self.directory)
             os.close(fd)
             os.remove(probe)
+            for name in os.listdir(self.directory):  # half-written by a run that died while writing
+                if name.startswith(".ckpt-"):
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         except OSError as e:
             raise CheckpointError(
                 f"checkpoint_dir={self.directory!r} cannot be written ({e.strerror or e}). Pass a directory "

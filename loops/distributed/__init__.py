@@ -155,6 +155,14 @@ class Replicas:
     def mean(self, logs: Any) -> Any:
         return logs if self.native is None else self.native.mean(logs)
 
+    def first(self, value: int) -> int:
+        """Process 0's ``value``, on every process (a collective: all call it)."""
+        return value if self.process_count == 1 else int(self.native.first(value))
+
+    def max(self, value: int) -> int:
+        """The largest ``value`` over processes (a collective: all call it)."""
+        return value if self.process_count == 1 else int(self.native.max(value))
+
     def signal(self, signum: int | None) -> int | None:
         """A signal any process got (so all checkpoint and stop at the same step)."""
         if self.process_count == 1:

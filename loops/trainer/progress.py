@@ -5,6 +5,7 @@ read back to resume exactly."""
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from typing import Any
 
@@ -55,6 +56,8 @@ class _Progress:
         if self.ckpt is None or not enabled:
             return False
         found = _checkpoint.latest(self.ckpt.directory)
+        if _distributed.current(self.trainer).process_count > 1:
+            found = self._agreed(found)
         if found is None:
             return False
         info, arrays, extra = found
@@ -80,6 +83,32 @@ class _Progress:
         self.ckpt.saved_at = self.global_step
         self.seek(train)
         return True
+
+    def _agreed(self, found: Any) -> Any:
+        """Every process resumes from the checkpoint the chief found (else one
+        could start over while the others resume: different steps, a hang).
+        A process that cannot read it fails, and so do all the others."""
+        assert self.ckpt is not None
+        replicas = _distributed.current(self.trainer)
+        mine = found[0].seq if found is not None else -1
+        chosen = replicas.first(mine)
+        problem = ""
+        if chosen != mine:
+            path = os.path.join(self.ckpt.directory, f"ckpt-{chosen:06d}")
+            if chosen < 0:
+                found = None  # the chief starts afresh: so does everyone
+            else:
+                try:
+                    found = _checkpoint.read(path)
+                except CheckpointError as e:
+                    problem = f"process {replicas.process_index} cannot read it ({e})"
+        if replicas.max(1 if problem else 0):
+            raise CheckpointError(
+                f"The run resumes from the checkpoint the chief (process 0) found in {self.ckpt.directory!r} "
+                f"(number {chosen}), but " + (problem or "another process cannot read it") + ". Only the chief "
+                "writes checkpoints, so checkpoint_dir must be a directory every process sees (a shared "
+                "filesystem), at the same path.")
+        return found
 
     def seek(self, train: DataSource) -> None:
         if isinstance(train, ArraySource) and self._data_seed is not None:
