@@ -1,11 +1,18 @@
 """The benchmark harness on this backend, tiny settings: arms start from the
-same weights and its loss gate holds (the full run is ``python -m benchmarks``)."""
+same weights and its loss gate holds (the full run is ``python -m benchmarks``);
+the first-call probe finds every phase it times, and the realistic workloads'
+arms train, are timed, and agree (``benchmarks/first_call.py``,
+``benchmarks/workloads_real.py``)."""
 
+import math
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import _first_call_report, first_call, workloads_real  # noqa: E402
 from benchmarks import _workloads as W  # noqa: E402
 from benchmarks._worker import run_workload  # noqa: E402
 
@@ -16,3 +23,40 @@ def test_tiny_mlp_gate_holds_and_every_arm_is_timed():
     assert set(result["ms_per_step"]) == {"trainer", "trainer_spe32", "keras", "native"}
     assert all(v > 0 for v in result["ms_per_step"].values())
     assert "trainer/native" in result["ratios"] and "spe_overhead_us_per_step" in result
+
+
+ENGINE_PHASE = {"jax": "jax_trace", "tensorflow": "tf_trace", "torch": "capture_trace"}
+
+
+@pytest.mark.parametrize("arm", ["trainer", "keras"])
+def test_first_call_probes_find_every_phase(arm):
+    import keras
+
+    out = first_call.worker("tiny", arm, profile=False)
+    rows, backend = out["rows"], keras.backend.backend()
+    assert out["missing"] == [], "probe points renamed or gone: the breakdown would read 0 s for them"
+    assert rows["total"] > 0 and rows["compiled"] > 0 and out["second_s"] > 0 and out["fresh_again_s"] > 0
+    assert rows["fit_rest"] > -1e-3, rows  # the timed parts do not add up to more than the whole call
+    if arm == "trainer":
+        assert rows["eager_step"] > 0 and rows[ENGINE_PHASE[backend]] > 0, rows
+        assert rows["compiled"] >= rows[ENGINE_PHASE[backend]] - 1e-6
+    elif backend != "torch":  # (model.fit on torch runs eagerly: nothing traced)
+        assert rows[ENGINE_PHASE[backend]] > 0, rows
+    text = _first_call_report.markdown([out], "test machine", 1, [])
+    assert "**fit() first call, total**" in text and "Cut candidates" in text
+
+
+@pytest.mark.parametrize("name", ["gpt", "lstm", "resnet"])
+def test_real_workload_arms_train_and_trainer_matches_model_fit(name):
+    runs = {arm: workloads_real.run_arm(name, arm, size="tiny", gate_steps=3, block_s=0.0, rounds=1)
+            for arm in ("trainer", "keras", "native")}
+    for arm, r in runs.items():
+        assert len(r["losses"]) == 3 and all(math.isfinite(v) and v > 0 for v in r["losses"]), (arm, r["losses"])
+        assert math.isfinite(r["per_s"]) and r["per_s"] > 0 and r["first_call_s"] > 0, (arm, r)
+        assert math.isfinite(r["rss_growth_mb"]) and r["rss_growth_mb"] >= 0, (arm, r)
+    losses = runs["trainer"]["losses"]
+    assert losses[-1] < losses[0], losses  # it learns
+    # Same weights, same batches, same Keras kernels: the same losses.
+    assert workloads_real.max_rel(losses, runs["keras"]["losses"]) <= 1e-4
+    # The native loop (torch: a torch.nn copy of the network) computes the same maths.
+    assert workloads_real.max_rel(losses, runs["native"]["losses"]) <= 1e-3
