@@ -237,11 +237,13 @@ def test_survivor_of_a_killed_worker_stops_with_process_lost_and_a_relaunch_resu
         start = time.monotonic()
         codes = launch.wait(limit=_multihost_case.TIMEOUT + 60)  # bounded: no hang
         waited = time.monotonic() - start
+        print(f"the survivor exited {waited:.1f} s after the kill")
     finally:
         launch.kill()
     output = launch.output()
     assert codes[1] == -signal.SIGKILL and codes[0] != 0, (codes, output[-6000:])
     assert "loops.distributed.ProcessLost: Process 0 of 2" in output, output[-6000:]
+    assert "lost process 1:" in output  # named
     assert "The last checkpoint is" in output and "run the same launch command again" in output
     ckpt = latest_checkpoint(tmp_path / "kill")  # intact: it reads and passes its checksum
     assert ckpt is not None and ckpt.global_step >= 3 and ckpt.epoch == 0, ckpt
@@ -259,3 +261,12 @@ def test_survivor_of_a_killed_worker_stops_with_process_lost_and_a_relaunch_resu
         got = json.load(open(tmp_path / f"kill-rank{r}.json"))
         assert got["resumed_from"] == ckpt.global_step, got["resumed_from"]
         _assert_run_equal(got["kill"], reference, what=f"relaunched rank {r}")
+
+
+@pytest.mark.parametrize("bad", [0, -5, "10", True])
+def test_data_parallel_refuses_a_timeout_that_is_not_positive_seconds(bad):
+    import loops
+
+    with pytest.raises(ValueError, match=r"timeout=.*positive number of seconds, got " + repr(bad).replace("'", ".")):
+        loops.data_parallel(timeout=bad)
+

@@ -271,7 +271,9 @@ class Replicas:
         if not lost_peer:
             return None
         lines = [line.strip() for line in str(error).splitlines() if _TF_LOST.search(line)]
-        return (lines[0] if lines else str(error).splitlines()[0])[:300]
+        said = (lines[0] if lines else str(error).splitlines()[0])[:300]
+        task = re.search(r"/job:\w+/replica:\d+/task:\d+", str(error))
+        return said + (f" (from {task.group(0)})" if task else "")
 
 
 def replicas(variables: Sequence[keras.Variable]) -> Replicas | None:

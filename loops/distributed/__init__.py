@@ -180,10 +180,11 @@ class Replicas:
         resume = (f"The last checkpoint is {checkpoint}: run the same launch command again to resume from it"
                   if checkpoint else "Pass fit(checkpoint_dir=...) to be able to resume after this; run the "
                   "same launch command again to start over")
+        other = f"process {1 - self.process_index}" if self.process_count == 2 else "another process"
         return ProcessLost(
-            f"Process {self.process_index} of {self.process_count} ({self.native.description}) lost another "
-            f"process: {said}. A process of the run died or stopped answering, and this one cannot go on "
-            f"without it. {resume} (under torchrun, --max-restarts=N relaunches by itself).")
+            f"Process {self.process_index} of {self.process_count} ({self.native.description}) lost {other}: "
+            f"{said}. A process of the run died or stopped answering, and this one cannot go on without it. "
+            f"{resume} (under torchrun, --max-restarts=N relaunches by itself).")
 
     # ------------------------------------------------------------- output
 
