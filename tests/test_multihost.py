@@ -190,11 +190,11 @@ def test_a_checkpoint_dir_the_processes_do_not_share_fails_on_every_process(runs
     assert "process 1 cannot read it" in ranks[1]["local_disks"]
 
 
-def _kill_rank_one_after_first_checkpoint(out, launch, limit=LIMIT):
-    """SIGKILL to process 1 from outside once the first checkpoint exists (mid-epoch: it is written
-    before step 4 of 7, and steps take 0.25 s). Returns the global step it was killed after."""
+def _kill_after_first_checkpoint(out, launch, victim=1, limit=LIMIT):
+    """SIGKILL to process ``victim`` from outside once the first checkpoint exists (mid-epoch: it is
+    written before step 4 of 7, and steps take 0.25 s)."""
     first = out / "kill" / "ckpt-000000"
-    pid_file = out / "pid-rank1"
+    pid_file = out / f"pid-rank{victim}"
     deadline = time.monotonic() + limit
     while not (first.exists() and pid_file.exists()):
         if time.monotonic() > deadline or any(p.poll() is not None for p in launch.procs):
@@ -207,12 +207,12 @@ def _kill_rank_one_after_first_checkpoint(out, launch, limit=LIMIT):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torchrun restarts the group; jax and tensorflow stop (below)")
-@pytest.mark.parametrize("agents", [2, 1], ids=["nnodes=2", "nproc-per-node=2"])
+@pytest.mark.parametrize("agents, victim", [(2, 1), (1, 0)], ids=["nnodes=2-kill-rank1", "nproc-per-node=2-kill-chief"])
 def test_torchrun_restarts_after_a_killed_worker_and_ends_as_the_uninterrupted_run(runs, reference, tmp_path,
-                                                                                   agents):
+                                                                                   agents, victim):
     launch = Launch(tmp_path, "kill", _free_ports(1), restarts=2, agents=agents)
     try:
-        _kill_rank_one_after_first_checkpoint(tmp_path, launch)
+        _kill_after_first_checkpoint(tmp_path, launch, victim)
         codes = launch.wait()
     finally:
         launch.kill()
@@ -233,7 +233,7 @@ def test_survivor_of_a_killed_worker_stops_with_process_lost_and_a_relaunch_resu
     ports = _free_ports(2)
     launch = Launch(tmp_path, "kill", ports)
     try:
-        _kill_rank_one_after_first_checkpoint(tmp_path, launch)
+        _kill_after_first_checkpoint(tmp_path, launch)
         start = time.monotonic()
         codes = launch.wait(limit=_multihost_case.TIMEOUT + 60)  # bounded: no hang
         waited = time.monotonic() - start
