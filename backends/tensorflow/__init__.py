@@ -42,7 +42,7 @@ class _Runner:
             fn = _calling_on_trace(fn, on_trace)
         # reduce_retracing: a ragged last batch gets one shape-generic trace
         # instead of one trace per distinct shape.
-        return tf.function(fn, jit_compile=bool(jit_compile), reduce_retracing=True)
+        return tf.function(fn, jit_compile=bool(jit_compile), reduce_retracing=True, autograph=False)
 
     def sync(self) -> None:
         return None

@@ -178,7 +178,7 @@ def compile_step(strategy: tf.distribute.Strategy, fn: Callable[[Any], Any], *, 
 
     if eager:
         return distributed_step
-    return tf.function(distributed_step, reduce_retracing=True)
+    return tf.function(distributed_step, reduce_retracing=True, autograph=False)
 
 
 def _cluster(strategy: tf.distribute.Strategy) -> tuple[int, int]:
