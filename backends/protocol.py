@@ -218,6 +218,12 @@ class Backend(Protocol):
         """``"auto"`` to a bool, as Keras resolves it for this engine."""
         ...
 
+    def compilation_cache(self, directory: str) -> str | None:
+        """Keeps this engine's compiled programs in ``directory`` for later
+        processes (``loops.compilation_cache``); returns what is cached there,
+        or None where the engine has nothing to keep across processes."""
+        ...
+
     def loop_steps(self, step: Callable[[Tree], Tree], variables: Sequence[Any]) -> Callable[[Tree], Tree]:
         """``steps_per_execution``: a body that runs ``step`` over batches
         stacked on a leading axis (one per step) inside one compiled call and

@@ -18,6 +18,7 @@ from loops.debug.nans import NonFiniteError, NonFiniteReport
 from loops._ops import clip_by_global_norm, global_norm
 from loops.debug.retrace import RetraceWarning
 from loops._seed import set_seed
+from loops._cache import compilation_cache
 from loops.trainer.trainer import OptimizerGroup, Trainer
 from loops.debug.traps import FromLogitsWarning
 
@@ -37,6 +38,7 @@ __all__ = [
     "UnusedVariableWarning",
     "__version__",
     "clip_by_global_norm",
+    "compilation_cache",
     "data_parallel",
     "global_norm",
     "latest_checkpoint",

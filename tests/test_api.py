@@ -13,7 +13,7 @@ def test_all_is_the_public_api():
                                             "optimizers", "set_seed", "Checkpoint", "CheckpointError",
                                             "OptimizerGroup", "latest_checkpoint", "CheckReport",
                                             "FromLogitsWarning", "NonFiniteError", "NonFiniteReport",
-                                            "RetraceWarning", "UnusedVariableWarning", "data_parallel", "ProcessLost"])
+                                            "RetraceWarning", "UnusedVariableWarning", "data_parallel", "ProcessLost", "compilation_cache"])
     for name in loops.__all__:
         assert hasattr(loops, name)
 

@@ -214,6 +214,17 @@ def _cpu_only() -> bool:
     return all(d.platform == "cpu" for d in jax.local_devices())
 
 
+def compilation_cache(directory: str) -> str | None:
+    # jax's persistent compilation cache, for every program: the compiled
+    # steps and the op-by-op programs of the eager first step (each too quick
+    # to pass jax's default one-second threshold, and most of the first call).
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if hasattr(jax.config, "jax_persistent_cache_min_entry_size_bytes"):
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return "XLA executables (jax's persistent compilation cache)"
+
+
 def to_step_input(batch: Any) -> Any:
     # On CPU a compiled step takes the NumPy batch itself: jax.jit converts
     # its arguments in C++, ~75 us/step cheaper than jax.device_put's Python

@@ -193,3 +193,8 @@ def concat_rows(parts: Sequence[Any]) -> Any:
     if isinstance(parts[0], tf.RaggedTensor):
         return tf.concat(list(parts), axis=0)  # ragged predict outputs stay ragged, as in Keras
     return np.concatenate(parts, axis=0)
+
+
+def compilation_cache(directory: str) -> str | None:
+    del directory  # (tf.function graphs are traced per process; nothing to keep)
+    return None

@@ -295,3 +295,8 @@ def take_rows(leaf: Any, index: Any) -> Any:
 
 def concat_rows(parts: Sequence[Any]) -> Any:
     return np.concatenate(parts, axis=0)
+
+
+def compilation_cache(directory: str) -> str | None:
+    del directory  # (captured graphs are per process; torch.compile keeps its own cache already)
+    return None
