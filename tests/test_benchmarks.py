@@ -2,7 +2,8 @@
 same weights and its loss gate holds (the full run is ``python -m benchmarks``);
 the first-call probe finds every phase it times, and the realistic workloads'
 arms train, are timed, and agree (``benchmarks/first_call.py``,
-``benchmarks/workloads_real.py``)."""
+``benchmarks/workloads_real.py``); a short run's arms are timed and agree
+(``benchmarks/short_runs.py``)."""
 
 import math
 import os
@@ -12,7 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import _first_call_report, first_call, workloads_real  # noqa: E402
+from benchmarks import _first_call_report, first_call, short_runs, workloads_real  # noqa: E402
 from benchmarks import _workloads as W  # noqa: E402
 from benchmarks._worker import run_workload  # noqa: E402
 
@@ -60,3 +61,16 @@ def test_real_workload_arms_train_and_trainer_matches_model_fit(name):
     assert workloads_real.max_rel(losses, runs["keras"]["losses"]) <= 1e-4
     # The native loop (torch: a torch.nn copy of the network) computes the same maths.
     assert workloads_real.max_rel(losses, runs["native"]["losses"]) <= 1e-3
+
+
+def test_short_run_arms_are_timed_and_agree():
+    import keras
+
+    row = short_runs.run_model(short_runs.CHEAPEST, rounds=1, epochs=1, batches=3, batch_size=50)
+    assert row["gate"]["ok"], row["gate"]  # same weights, shuffle=False: the same final loss
+    assert row["trainer_s"] > 0 and row["keras_s"] > 0 and row["ratio"] > 0, row
+    assert 0 < row["trainer_first_s"] <= row["trainer_s"] and 0 < row["keras_first_s"] <= row["keras_s"], row
+    assert all(math.isfinite(run["loss"]) and run["loss"] > 0 for runs in row["runs"].values() for run in runs)
+    result = {"backend": keras.backend.backend(), "warmup_s": 0.0, "rows": [row]}
+    text = short_runs.markdown([result], "test machine", short_runs.MODES["quick"], [], "", True)
+    assert f"| {short_runs.CHEAPEST} |" in text and "| gate |" in text
