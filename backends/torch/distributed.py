@@ -262,25 +262,31 @@ def _fresh_store(timeout: datetime.timedelta | None) -> dict[str, Any]:
                           timeout=limit)
     if rank == 0:
         generation = str(store.add("loops/generation", 1))
+        # Each other rank takes a numbered slot for its nonce; slots earlier rank 0s answered are skipped
+        # (the rest may be dead workers': answering them is harmless).
+        done = int(store.get("loops/answered")) if store.check(["loops/answered"]) else 0
+        pending: set[int] = set()
         deadline = time.monotonic() + limit.total_seconds()
-        waiting = set(range(1, world))
-        while waiting:
-            for r in list(waiting):
-                if store.check([f"loops/joined/{generation}/{r}"]):
-                    waiting.discard(r)
-                elif store.check([f"loops/hello/{r}"]):  # maybe a dead worker's: answering it is harmless
-                    store.set(f"loops/answer/{store.get(f'loops/hello/{r}').decode()}", generation)
+        while int(store.add(f"loops/joined/{generation}", 0)) < world - 1:
+            taken = int(store.add("loops/slots", 0))
+            pending.update(range(done + 1, taken + 1))
+            done = max(done, taken)
+            for slot in sorted(pending):
+                if store.check([f"loops/hello/{slot}"]):  # (a slot is taken, then its nonce set)
+                    store.set(f"loops/answer/{store.get(f'loops/hello/{slot}').decode()}", generation)
+                    pending.discard(slot)
+            store.set("loops/answered", str(done))
             if time.monotonic() > deadline:
-                raise RuntimeError(f"torch.distributed: ranks {sorted(waiting)} of {world} did not join within "
+                raise RuntimeError(f"torch.distributed: not every rank of {world} joined within "
                                    f"{limit.total_seconds():.0f} s.")
             time.sleep(0.01)
     else:
         nonce = uuid.uuid4().hex
-        store.set(f"loops/hello/{rank}", nonce)
+        slot = int(store.add("loops/slots", 1))
+        store.set(f"loops/hello/{slot}", nonce)
         store.wait([f"loops/answer/{nonce}"])
         generation = store.get(f"loops/answer/{nonce}").decode()
-        store.delete_key(f"loops/answer/{nonce}")
-        store.set(f"loops/joined/{generation}/{rank}", "1")
+        store.add(f"loops/joined/{generation}", 1)
     return {"store": dist.PrefixStore(f"loops/pg/{generation}", store), "rank": rank, "world_size": world}
 
 
