@@ -29,7 +29,8 @@ class Runner(Protocol):
     """
 
     def compile(self, fn: Callable[[Tree], Tree], *, eager: bool, jit_compile: bool,
-                on_trace: Callable[[Tree], None] | None = None, kind: str = "train") -> Callable[[Tree], Tree]:
+                on_trace: Callable[[Tree], None] | None = None, kind: str = "train",
+                checks: bool = False) -> Callable[[Tree], Tree]:
         """Builds the callable that runs ``fn(batch)`` as one step.
 
         Args:
@@ -45,10 +46,22 @@ class Runner(Protocol):
                 parallelism (``Backend.replicas``) the step's outputs are
                 those of the global batch: logs averaged over replicas,
                 ``"predict"`` outputs gathered along the batch axis.
+            checks: the first-step value checks were not run (``trace_only``
+                took the first step): ``host_values`` calls traced in ``fn``
+                run on the first call's values, and what they raise leaves
+                the variables as they were before the call.
 
         Returns:
             ``step(batch) -> outputs``; outputs are engine tensors.
         """
+        ...
+
+    def expect(self, kind: str, calls: int | None) -> None:
+        """The loop says how many more calls of the ``kind`` step (``"train"``,
+        ``"test"`` or ``"predict"``) the run that is starting plans (executions,
+        with ``steps_per_execution``); None: unknown (a generator without
+        ``steps``). An engine whose compilation pays off only over many calls
+        (torch graph capture) may weigh it; the others ignore it."""
         ...
 
     def sync(self) -> None:
@@ -182,9 +195,27 @@ class Backend(Protocol):
         """Calls ``fn(*arrays)`` with the values of ``tensors`` as NumPy arrays,
         from eager code, including inside ``value_and_grad``'s function (jax:
         through ``jax.debug.callback``, which runs at once there). Where the
-        values are abstract (a trace being staged) ``fn`` is not called.
-        For one-time checks and debugging replays, never for compiled steps.
+        values are abstract (a trace being staged) ``fn`` is not called,
+        except while a step compiled with ``Runner.compile(checks=True)`` is
+        traced: there ``fn`` runs on the values of that step's first call,
+        after the call, and what it raises is raised by the call.
+        For one-time checks and debugging replays, never per step.
         An exception ``fn`` raises propagates to the caller."""
+        ...
+
+    def trace_only(self, fn: Callable[[Tree], Any], batch: Tree) -> bool:
+        """Runs ``fn(batch)`` on abstract values (shapes and dtypes, no
+        computation) where the engine can: the first-step checks then cost a
+        trace, not an eager step (jax: an eager step compiles every op).
+        Returns False, having run nothing or part of ``fn``, where it cannot
+        (a step whose Python reads a value; engines whose eager step is
+        cheap): the caller then runs ``fn`` eagerly. Variables created or
+        assigned on the way follow the enclosing ``keras.StatelessScope``."""
+        ...
+
+    def outside_trace(self) -> AbstractContextManager[None]:
+        """Computes concretely inside ``trace_only`` (an optimizer building
+        its slots while the first step is traced); a no-op elsewhere."""
         ...
 
     def to_native(self, batch: Tree) -> Tree:

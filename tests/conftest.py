@@ -32,6 +32,15 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def capture_first(monkeypatch):
+    """torch captures compiled steps at their first call (``LOOPS_TORCH_CAPTURE=first``),
+    not when its policy would (``backends/torch/policy.py``): for tests about
+    capture itself, whose runs are too short to be captured otherwise. Other
+    engines ignore it."""
+    monkeypatch.setenv("LOOPS_TORCH_CAPTURE", "first")
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits (shipped with the package, no download): a fixed

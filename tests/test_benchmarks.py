@@ -3,7 +3,8 @@ same weights and its loss gate holds (the full run is ``python -m benchmarks``);
 the first-call probe finds every phase it times, and the realistic workloads'
 arms train, are timed, and agree (``benchmarks/first_call.py``,
 ``benchmarks/workloads_real.py``); a short run's arms are timed and agree
-(``benchmarks/short_runs.py``)."""
+(``benchmarks/short_runs.py``); the scaling sweeps time every arm at every
+point and write their report (``benchmarks/scaling.py``)."""
 
 import math
 import os
@@ -13,7 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import _first_call_report, first_call, short_runs, workloads_real  # noqa: E402
+from benchmarks import _first_call_report, first_call, scaling, short_runs, workloads_real  # noqa: E402
 from benchmarks import _workloads as W  # noqa: E402
 from benchmarks._worker import run_workload  # noqa: E402
 
@@ -30,7 +31,9 @@ ENGINE_PHASE = {"jax": "jax_trace", "tensorflow": "tf_trace", "torch": "capture_
 
 
 @pytest.mark.parametrize("arm", ["trainer", "keras"])
-def test_first_call_probes_find_every_phase(arm):
+def test_first_call_probes_find_every_phase(arm, capture_first):
+    """(torch captures at the first call here: its first call otherwise runs
+    eagerly, and the capture phases it probes would all read 0 s.)"""
     import keras
 
     out = first_call.worker("tiny", arm, profile=False)
@@ -74,3 +77,23 @@ def test_short_run_arms_are_timed_and_agree():
     result = {"backend": keras.backend.backend(), "warmup_s": 0.0, "rows": [row]}
     text = short_runs.markdown([result], "test machine", short_runs.MODES["quick"], [], "", True)
     assert f"| {short_runs.CHEAPEST} |" in text and "| gate |" in text
+
+
+def test_scaling_times_every_arm_at_every_point(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("LOOPS_TORCH_CAPTURE", "first")  # as the benchmark's workers run (torch: the replayed step)
+    mode = dict(batches=(32,), widths=(64,), steps=3, block_s=0.0, rounds=1)
+    res = scaling.run_backend(mode["batches"], mode["widths"], mode["steps"], mode["block_s"], mode["rounds"])
+    assert list(res["points"]) == ["32x256", "128x64"], res["points"]  # one point per sweep
+    paths = scaling.write([res], "test machine", mode, [], "", str(tmp_path), "scaling", quick=True)
+    assert os.path.exists(paths["md"]) and os.path.exists(paths["json"])
+    with open(paths["json"]) as f:
+        saved = json.load(f)["results"][0]
+    for key, point in saved["points"].items():
+        ms = point["ms_per_step"]
+        assert set(ms) == set(scaling.ARMS) and all(math.isfinite(v) and v > 0 for v in ms.values()), (key, point)
+    assert "slope" in saved["overhead"], saved["overhead"]
+    text = open(paths["md"]).read()
+    assert "| batch | 32 | 256 |" in text and "| width | 128 | 64 |" in text and "Verdict:" in text
+    assert "FAILED" not in text and "—" not in text.split("## ")[-1], text

@@ -18,6 +18,12 @@ from loops import Trainer
 BACKEND = keras.backend.backend()
 
 
+@pytest.fixture(autouse=True)
+def _captured_from_the_first_call(capture_first):
+    """torch: every test here is about the captured step, and these runs are
+    too short for the capture policy to capture (``test_torch_capture_policy.py``)."""
+
+
 def _twice(build, fit_kwargs, data):
     """(compiled trainer, eager trainer, their histories) from one start."""
     out = []

@@ -191,10 +191,11 @@ def test_labels_out_of_range_for_sparse_ce_are_an_error_before_any_step():
     y[[3, 7]] = 10
     t = Trainer(classic_mlp(), "adam", SCE)
     before = [w.copy() for w in t.get_weights()]
+    # (unshuffled: the rows named are those of the first batch, here the data's first rows)
     with pytest.raises(ValueError, match=r"range over 0..10.*width 10.*0..9 \(rows \[3, 7\].*11 units"):
-        t.fit(x, y, verbose=0)
+        t.fit(x, y, verbose=0, shuffle=False)
     with pytest.raises(ValueError, match=r"range over -1..9.*ignore_class"):
-        t.fit(x, np.where(y == 10, -1, y), verbose=0)
+        t.fit(x, np.where(y == 10, -1, y), verbose=0, shuffle=False)
     for a, b in zip(before, t.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -356,7 +357,7 @@ class PlainStep(Trainer):
         return {"loss": loss}
 
 
-def test_a_changing_input_shape_is_counted_and_named():
+def test_a_changing_input_shape_is_counted_and_named(capture_first):
     x, y = _data()
     t = PlainStep(classic_mlp(), "sgd", SCE)
     batches = [(x[:n], y[:n]) for n in (8, 9, 10, 11)]
@@ -371,7 +372,7 @@ def test_a_changing_input_shape_is_counted_and_named():
         assert t._trace_counters["train"].specs[1]["x"][0] == (None, 8, 8)
 
 
-def test_a_changing_dtype_retraces_on_compiling_backends():
+def test_a_changing_dtype_retraces_on_compiling_backends(capture_first):
     x, y = _data()
     t = PlainStep(classic_mlp(), "sgd", SCE)
     for dtype in ("float32", "float16", "bfloat16"):
@@ -382,7 +383,7 @@ def test_a_changing_dtype_retraces_on_compiling_backends():
     assert len(found) == 1 and "input x changed dtype float16 -> bfloat16" in found[0]
 
 
-def test_normal_training_traces_each_step_once():
+def test_normal_training_traces_each_step_once(capture_first):
     x, y = _data(70)  # a ragged last batch: padded, so no second trace
     t = Trainer(classic_mlp(), "adam", SCE)
     found = _caught(loops.RetraceWarning, lambda: (t.fit(x, y, batch_size=16, epochs=2, verbose=0,

@@ -62,7 +62,7 @@ def _engine_random_afterwards():
 
 @pytest.mark.skipif(BACKEND != "torch", reason="graph capture is torch's compiled mode")
 @pytest.mark.parametrize("example", ["wgan_gp", "dcgan_digits"])
-def test_gan_examples_draw_noise_in_a_captured_torch_step(example):
+def test_gan_examples_draw_noise_in_a_captured_torch_step(example, capture_first):
     """Their SeedGenerator draws are neutral (main() turns it on), so torch
     captures the step instead of running it eagerly with a warning."""
     loops.set_seed(0, neutral_random=True)

@@ -134,7 +134,7 @@ def test_bad_switch_is_a_clear_error():
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="graph capture is torch's compiled mode")
-def test_a_torch_step_that_draws_stays_captured():
+def test_a_torch_step_that_draws_stays_captured(capture_first):
     loops.set_seed(0, neutral_random=True)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dropout(0.5),
                               keras.layers.GaussianNoise(0.1), keras.layers.Dense(1)])

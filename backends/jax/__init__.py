@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from . import distributed as _dp
+from . import first_call as _first_call
 from .distributed import data_parallel, replicas  # noqa: F401  (protocol functions)
 
 NAME = "jax"
@@ -34,7 +35,8 @@ class _Runner:
         self._held: list[Any] = []  # the arrays the variables held when the values were read
 
     def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool,
-                on_trace: Callable[[Any], None] | None = None, kind: str = "train") -> Callable[[Any], Any]:
+                on_trace: Callable[[Any], None] | None = None, kind: str = "train",
+                checks: bool = False) -> Callable[[Any], Any]:
         del kind  # outputs are global arrays with or without a distribution
         distribution = _dp.current()  # keras.distribution (the loop runs in its scope)
         if eager or not jit_compile:
@@ -46,11 +48,16 @@ class _Runner:
 
         variables = self.variables
 
-        def pure(values: list[Any], batch: Any) -> tuple[Any, list[Any]]:
+        gate = _first_call.Gate() if checks else None
+
+        def pure(values: list[Any], batch: Any, first: Any = None) -> tuple[Any, list[Any]]:
             if on_trace is not None:
                 on_trace(batch)  # this Python runs only while jax.jit traces
             mapping = list(zip(variables, values))
-            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            with contextlib.ExitStack() as stack:
+                if gate is not None:
+                    stack.enter_context(gate.tracing(first))  # host_values: first call only
+                scope = stack.enter_context(keras.StatelessScope(state_mapping=mapping, collect_losses=True))
                 out = fn(batch)
             return out, [scope.get_current_value(v) for v in variables]
 
@@ -78,10 +85,39 @@ class _Runner:
                 for i, v in enumerate(variables):
                     if v._value is not held[i]:
                         self._values[i] = held[i] = v._value
-            out, self._values = jitted(self._values, batch)
+            if gate is not None and not checked:
+                return first_step(batch)
+            args = (self._values, batch) if gate is None else (self._values, batch, _first_call.flag(False))
+            out, self._values = jitted(*args)
+            return out
+
+        checked = False
+
+        def first_step(batch: Any) -> Any:
+            # The value checks run after this call: it must not consume the
+            # variables' buffers (copies are donated), so a check that raises
+            # leaves the model as it was.
+            nonlocal checked
+            assert gate is not None and self._values is not None
+            before = self._values
+            out, after = jitted(_first_call.copies(before), batch, _first_call.flag(True))
+            try:
+                gate.run()
+            except BaseException:
+                self._values = None  # the variables still hold the state before the call
+                for value in after:
+                    value.delete()
+                raise
+            checked = True
+            self._values = after
+            for value in before:  # as donation would have: the state before is dead now
+                value.delete()
             return out
 
         return step
+
+    def expect(self, kind: str, calls: int | None) -> None:
+        del kind, calls  # jax.jit compiles once, whatever the run's length
 
     def sync(self) -> None:
         if self._values is None:
@@ -176,6 +212,10 @@ def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
     if not any(isinstance(t, jax.core.Tracer) for t in tensors):
         fn(*[np.asarray(t) for t in tensors])
         return
+    gate = _first_call.current()
+    if gate is not None:  # a checked step being compiled: fn runs after its first call
+        gate.stage(fn, tensors)
+        return
     # Inside jax.value_and_grad (eager) the values are tracers; a debug
     # callback receives their concrete values at once (under make_jaxpr it is
     # only staged, so fn is not called). Its exceptions are re-raised here
@@ -216,8 +256,8 @@ def _cpu_only() -> bool:
 
 def compilation_cache(directory: str) -> str | None:
     # jax's persistent compilation cache, for every program: the compiled
-    # steps and the op-by-op programs of the eager first step (each too quick
-    # to pass jax's default one-second threshold, and most of the first call).
+    # steps and the op-by-op programs of eager code (each too quick to pass
+    # jax's default one-second threshold).
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if hasattr(jax.config, "jax_persistent_cache_min_entry_size_bytes"):
@@ -233,6 +273,16 @@ def to_step_input(batch: Any) -> Any:
     if _cpu_only() and all(isinstance(leaf, (np.ndarray, jax.Array)) for leaf in jax.tree_util.tree_leaves(batch)):
         return batch
     return jax.device_put(_sparse_to_jax(batch))
+
+
+def trace_only(fn: Callable[[Any], Any], batch: Any) -> bool:
+    if jax.process_count() > 1 or _dp.current() is not None:
+        return False  # sharded steps keep the eager first step (checks on global arrays)
+    return _first_call.trace_only(fn, batch)
+
+
+def outside_trace() -> contextlib.AbstractContextManager[None]:
+    return jax.ensure_compile_time_eval()
 
 
 def step_context() -> contextlib.AbstractContextManager[None]:

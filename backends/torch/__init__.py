@@ -3,8 +3,8 @@
 to ``value_and_grad`` records a graph, so optimizer and metric updates never
 do, and gradients never leak into other networks' ``.grad``.
 
-Owns everything torch: this module (the protocol functions), ``capture.py``
-and ``graph_passes.py`` (graph capture of compiled steps), ``optim.py``
+Owns everything torch: this module (the protocol functions), ``capture.py``,
+``policy.py`` and ``graph_passes.py`` (graph capture of compiled steps), ``optim.py``
 (``torch.optim`` as a Keras optimizer) and ``distributed.py``
 (``torch.distributed`` data parallelism, torchrun). May import torch, keras,
 numpy and ``loops._keras_private``.
@@ -36,9 +36,12 @@ _nesting = threading.local()
 class _Runner:
     def __init__(self, variables: Sequence[keras.Variable]):
         self.variables = list(variables)
+        self.captured: dict[str, capture.CapturedStep] = {}  # by kind: the steps expect() informs
 
     def compile(self, fn: Callable[[Any], Any], *, eager: bool, jit_compile: bool,
-                on_trace: Callable[[Any], None] | None = None, kind: str = "train") -> Callable[[Any], Any]:
+                on_trace: Callable[[Any], None] | None = None, kind: str = "train",
+                checks: bool = False) -> Callable[[Any], Any]:
+        del checks  # trace_only never takes the first step here: its checks ran eagerly
         gather = kind == "predict" and _dp.active()  # each process predicted its rows
 
         def step(batch: Any) -> Any:
@@ -51,12 +54,19 @@ class _Runner:
         if not jit_compile:
             if _dp.active():
                 return step  # the gradient all-reduce runs eagerly (DDP's hooks)
-            # The compiled mode: the step's first call is captured as an aten
-            # graph, later calls replay it (see capture.py).
-            return capture.CapturedStep(fn, self.variables, on_trace)
+            # The compiled mode: one call is captured as an aten graph (when,
+            # policy.py decides from expect()), later calls replay it (capture.py).
+            self.captured[kind] = capture.CapturedStep(fn, self.variables, on_trace)
+            return self.captured[kind]
         if on_trace is None:
             return torch.compile(step)
         return _counting_compiles(step, on_trace)
+
+    def expect(self, kind: str, calls: int | None) -> None:
+        # Capture pays off only over many calls: the policy weighs the plan (policy.py).
+        step = self.captured.get(kind)
+        if step is not None:
+            step.expect(calls)
 
     def sync(self) -> None:
         return None
@@ -138,6 +148,15 @@ def traces(eager: bool, jit_compile: bool) -> bool:
 def tracing() -> bool:
     # Under torch.compile a print breaks the graph and runs at every call.
     return capture.capturing()
+
+
+def trace_only(fn: Callable[[Any], Any], batch: Any) -> bool:
+    del fn, batch
+    return False  # an eager step is cheap here: the first-step checks run on values
+
+
+def outside_trace() -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:

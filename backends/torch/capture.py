@@ -3,9 +3,10 @@
 Keras layers, losses, metrics and optimizers cost far more Python per call on
 torch than the tensor work they do (a Dense layer's ``__call__`` is ~50 µs of
 bookkeeping around one matmul). jax and tensorflow trace that Python once and
-then run a graph; this module gives torch the same: the step's first call for
-each input signature runs under ``make_fx`` (the tracer AOTAutograd is built
-on), which records every aten operation the step performs, forward, backward
+then run a graph; this module gives torch the same: one call for each input
+signature (when, ``policy.py`` decides: not the first, which runs eagerly)
+runs under ``make_fx`` (the tracer AOTAutograd is built on), which records
+every aten operation the step performs, forward, backward
 (``torch.autograd.grad`` dispatches its ops through the tracer) and the
 optimizer's in-place updates alike. Later calls replay that graph on the
 variables' live tensors: no Keras Python runs, the updates land in place, as
@@ -43,6 +44,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import graph_passes
+from .policy import Policy
 
 _aten = torch.ops.aten
 
@@ -218,8 +220,10 @@ MAX_GRAPHS = 8
 
 
 class CapturedStep:
-    """``step(batch)`` that captures ``fn`` on each new input signature and
-    replays the graph; falls back to ``fn`` itself (eager) where it cannot."""
+    """``step(batch)`` that captures ``fn`` on an input signature when the
+    policy says so (``policy.py``: not at its first call, unless
+    ``LOOPS_TORCH_CAPTURE=first``) and replays the graph; runs ``fn`` itself
+    (eagerly) before that, and where it cannot capture."""
 
     def __init__(self, fn: Callable[[Any], Any], variables: Sequence[keras.Variable],
                  on_trace: Callable[[Any], None] | None = None):
@@ -227,10 +231,16 @@ class CapturedStep:
         self.variables = list(variables)
         self.on_trace = on_trace
         self.graphs: dict[Any, Any] = {}
+        self.policy = Policy()
         self.eager_reason: str | None = None  # set when capture failed: every call runs eagerly
         self.warned_too_many = False
 
+    def expect(self, calls: int | None) -> None:
+        """The run that starts plans ``calls`` calls of this step (None: unknown)."""
+        self.policy.expect(calls)
+
     def __call__(self, batch: Any) -> Any:
+        self.policy.tick()
         if self.eager_reason is not None:
             return self._eager(batch)
         leaves, spec = pytree.tree_flatten(batch)
@@ -241,13 +251,14 @@ class CapturedStep:
         except TypeError:  # an unhashable non-tensor leaf: nothing to key a graph on
             return self._eager(batch)
         graph = self.graphs.get(key)
-        tensors = [v._value for v in self.variables]
         if graph is None:
+            if not self.policy.capture(key):
+                return self._eager(batch)
             if len(self.graphs) >= MAX_GRAPHS:
                 return self._too_many(batch)
-            return self._capture(key, batch, leaves, spec, tensors)
+            return self._capture(key, batch, leaves, spec, [v._value for v in self.variables])
         with torch.no_grad():
-            return graph(tensors, [t for t in leaves if isinstance(t, torch.Tensor)])
+            return graph([v._value for v in self.variables], [t for t in leaves if isinstance(t, torch.Tensor)])
 
     def _too_many(self, batch: Any) -> Any:
         if not self.warned_too_many:

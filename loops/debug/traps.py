@@ -1,8 +1,9 @@
 """Traps that train silently, caught on the values of the first batch.
 
-The first step of each kind runs eagerly (``Trainer._first_step``), so there
-the labels and predictions a loss receives have values on every backend (on
-jax inside ``value_and_grad`` through ``host_values``). Two checks use them:
+The labels and predictions a loss receives in the first step of each kind
+reach the host through ``host_values``: at once where that step runs eagerly
+(``Trainer._first_step``), after the compiled step's first call where it was
+only traced (jax). Two checks use them:
 
 - ``from_logits``: a probabilistic loss with ``from_logits=False`` fed logits
   (values outside [0, 1], or rows that do not sum to 1), or with
@@ -164,11 +165,11 @@ def _trap(info: LossInputs, n_values: int) -> str | None:
 def check_values(trainer: Any, compile_loss: Any, y: Any, y_pred: Any) -> None:
     """Label ranges (errors) and ``from_logits`` traps (warned once per loss)
     of every probabilistic loss in ``compile_loss``; records what each loss
-    got for ``Trainer.check``. Called in the first, eager step only."""
+    got for ``Trainer.check``. Called in the first step only (eager, or the
+    compiled step's first call)."""
     engine = trainer._engine
     sink = getattr(trainer, "_debug_sink", None)
     warned: set[str] = trainer.__dict__.setdefault("_from_logits_warned", set())
-    messages: list[str] = []
     for path, loss_fn, _, output_name in getattr(compile_loss, "_flat_losses", None) or []:
         try:
             y_t, y_p = y, y_pred
@@ -206,11 +207,9 @@ def check_values(trainer: Any, compile_loss: Any, y: Any, y_pred: Any) -> None:
             message = _trap(info, preds.size) if finite.size else None
             if message is not None and f"{output}:{name}" not in warned:
                 warned.add(f"{output}:{name}")
-                messages.append(message)
+                warnings.warn(message, FromLogitsWarning, stacklevel=2)
 
         engine.host_values(inspect, [y_t, y_p])
-    for message in messages:
-        warnings.warn(message, FromLogitsWarning, stacklevel=4)
 
 
 def record_loss(trainer: Any, loss: Any) -> None:

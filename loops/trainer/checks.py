@@ -1,6 +1,7 @@
 """Checks that turn silent mistakes into errors that name the value and the fix.
 
-They run once, in the first (eager) step of each kind, never per step.
+They run once, in the first step of each kind (eager, or on jax traced, see
+``Trainer._first_step``), never per step.
 """
 
 from __future__ import annotations

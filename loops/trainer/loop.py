@@ -30,6 +30,8 @@ from loops.trainer.progress import _Progress
 class LoopMixin(ExecutionMixin):
     """fit / evaluate / predict; mixed into ``Trainer``."""
 
+    _runner: Any  # the engine's Runner, built with the steps (steps.py); told each run's plan
+
     @_distributed.in_replica_scope
     def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
             verbose: Any = "auto", callbacks: Any = None, validation_split: float = 0.0,
@@ -143,6 +145,11 @@ class LoopMixin(ExecutionMixin):
         self.stop_training = False
         self._initial_epoch = None  # BackupAndRestore sets it in on_train_begin, as in Keras
         k = self.steps_per_execution
+        # The run's plan, for engines whose compilation pays off only over many calls (torch capture).
+        self._runner.expect("train", _calls(steps, k, epochs - progress.epoch))
+        if val is not None:
+            val_runs = sum(_should_eval(epoch, validation_freq) for epoch in range(progress.epoch, epochs))
+            self._runner.expect("test", _calls(validation_steps or val.num_batches, k, val_runs))
         training_logs: dict[str, Any] | None = None
         if ckpt is not None:
             ckpt.install_signal_handler()
@@ -219,11 +226,13 @@ class LoopMixin(ExecutionMixin):
 
     def _run_evaluate(self, source: DataSource, cbs: keras.callbacks.CallbackList,
                       steps: int | None, plan: _Plan | None = None,
-                      progress: _Progress | None = None) -> dict[str, Any]:
+                      progress: _Progress | None = None, expect: bool = False) -> dict[str, Any]:
         plan = self._plan("test", source) if plan is None else plan
         if isinstance(source, ArraySource):
             source.rewind()  # every evaluation starts at the first batch, as Keras's
         test_fn = self._step_fn("test", self._sample(plan, source))
+        if expect:  # (fit announces all its validation passes at once)
+            self._runner.expect("test", _calls(steps or source.num_batches, self.steps_per_execution))
         batch_hooks = _uses_batch_hooks(cbs, "test")
         self.stop_evaluating = False
         cbs.on_test_begin()
@@ -255,7 +264,7 @@ class LoopMixin(ExecutionMixin):
         plan = self._plan("test", source)
         cbs = self._callback_list(callbacks, verbose, 1, steps or source.num_batches, add_history=False)
         try:
-            logs = self._run_evaluate(source, cbs, steps, plan)
+            logs = self._run_evaluate(source, cbs, steps, plan, expect=True)
         finally:
             self._sync()
         if return_dict:
@@ -285,6 +294,7 @@ class LoopMixin(ExecutionMixin):
         rows = _padding.rows(x)
         source = make_source(x, y, sample_weight, batch_size=max(rows, 1), class_weight=class_weight)
         fn = self._step_fn(kind, source.peek())
+        self._runner.expect(kind, 1)
         out = None
         try:
             # with steps_per_execution > 1 the compiled step takes stacked batches: a stack of one
@@ -328,6 +338,7 @@ class LoopMixin(ExecutionMixin):
         _require_steps(source, steps, "steps")
         plan = self._plan("predict", source)
         predict_fn = self._step_fn("predict", self._sample(plan, source))
+        self._runner.expect("predict", _calls(steps or source.num_batches, 1))
         cbs = self._callback_list(callbacks, verbose, 1, steps or source.num_batches, add_history=False)
         self.stop_predicting = False
         outputs: list[Any] = []
@@ -366,6 +377,12 @@ class LoopMixin(ExecutionMixin):
         if not outputs:
             raise ValueError("predict() got no batches: the data is empty.")
         return keras.tree.map_structure(_concat, *outputs)
+
+
+def _calls(steps: int | None, k: int, runs: int = 1) -> int | None:
+    """Calls of a compiled step over ``runs`` passes of ``steps`` steps, ``k``
+    steps a call; None where the steps are unknown."""
+    return None if not steps else -(-steps // k) * max(runs, 0)
 
 
 __all__ = ["LoopMixin"]

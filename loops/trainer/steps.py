@@ -17,6 +17,7 @@ data and distributed packages, ``loops._keras_private``.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import sys
 import warnings
 from typing import Any, Callable, Sequence
@@ -48,7 +49,8 @@ class _RecordingScope(keras.StatelessScope):
         super().add_update(update)
 
 
-def _build_only(optimizer: keras.optimizers.Optimizer, building: bool = False) -> Callable[..., None]:
+def _build_only(optimizer: keras.optimizers.Optimizer, building: bool = False,
+                outside_trace: Callable[[], Any] = contextlib.nullcontext) -> Callable[..., None]:
     def apply(grads: Sequence[Any], trainable_variables: Sequence[keras.Variable] | None = None) -> None:
         if building:
             return  # the models are still being built: the variables are not all there yet
@@ -57,7 +59,8 @@ def _build_only(optimizer: keras.optimizers.Optimizer, building: bool = False) -
                 raise ValueError(
                     f"Optimizer {optimizer.name!r} is applied before it was built and without "
                     "variables: call optimizer.apply(grads, variables).")
-            optimizer.build(list(trainable_variables))
+            with outside_trace():  # its slots get values even while the first step is only traced
+                optimizer.build(list(trainable_variables))
 
     return apply
 
@@ -146,7 +149,7 @@ class StepsMixin(StateMixin):
         return [m for m in self.models
                 if not all(layer.built for layer in m._flatten_layers(include_self=True))]
 
-    def _build_models(self, step: Callable[[Any], Any], batch: Any, kind: str) -> None:
+    def _build_models(self, step: Callable[[Any], Any], batch: Any, kind: str, abstract: bool = False) -> None:
         """Builds models that are still unbuilt (a subclassed ``keras.Model``,
         a ``Sequential`` without ``keras.Input``) on the first batch, as
         ``model.fit`` does, so that the step sees their variables.
@@ -174,15 +177,21 @@ class StepsMixin(StateMixin):
         self._building = True
         try:
             with self._engine.step_context(), keras.StatelessScope():
-                step(batch)
+                if not (abstract and self._engine.trace_only(step, batch)):
+                    step(batch)
         finally:
             self._building = False
             for opt in optimizers:
                 vars(opt).pop("apply", None)
         self._metrics_cache = None
 
-    def _first_step(self, step: Callable[[Any], Any], batch: Any, kind: str = "train") -> None:
-        """Runs ``step`` once eagerly with every state change discarded.
+    def _first_step(self, step: Callable[[Any], Any], batch: Any, kind: str = "train",
+                    abstract: bool = False) -> bool:
+        """Runs ``step`` once with every state change discarded: eagerly, or
+        with ``abstract`` only traced where the engine can (``trace_only``;
+        jax, whose eager step costs more than compiling the step). Returns
+        whether it was only traced: the checks on values (label ranges,
+        ``from_logits``) then go into the compiled step's first call.
 
         It builds whatever is still unbuilt (model, compiled metrics, any
         optimizer, whose variables exist only after ``build``) before the state
@@ -191,7 +200,7 @@ class StepsMixin(StateMixin):
         trainer cannot see (under jax.jit their updates would be lost).
         """
         _debug.prepare(self)  # grad_diagnostics' metric, before the state is collected
-        self._build_models(step, batch, kind)
+        self._build_models(step, batch, kind, abstract)
         self._state = discover_variables(self)
         # The Trainer's optimizer options on every optimizer it holds (custom
         # steps' too), and the engine's adaptations, before anything builds.
@@ -200,12 +209,15 @@ class StepsMixin(StateMixin):
         # (tensorflow's bypass keras.Variable) that no scope can intercept.
         optimizers = self.optimizers
         for opt in optimizers:
-            opt.apply = _build_only(opt)  # instance attribute shadows the method
+            opt.apply = _build_only(opt, outside_trace=self._engine.outside_trace)  # shadows the method
         self._in_first_step = True
+        traced = False
         try:
             with self._engine.step_context(), _RecordingScope() as scope:
                 try:
-                    step(batch)
+                    traced = abstract and self._engine.trace_only(step, batch)
+                    if not traced:
+                        step(batch)
                 except ValueError as e:
                     if "create a variable while in a stateless scope" in str(e):
                         raise ValueError(_CREATED_IN_STEP.format(names="(one from a value)")) from e
@@ -229,23 +241,32 @@ class StepsMixin(StateMixin):
                 "owner an attribute of the Trainer (self.noise = keras.random.SeedGenerator(0)) or of a "
                 "layer the Trainer holds."
             )
+        return traced
 
     def _step_fn(self, kind: str, sample: Any) -> Callable[[Any], Any]:
         """The compiled function for ``kind``, built on first use (and again
         when the set of variables or the compile options change)."""
         user_step = {"train": self.train_step, "test": self.test_step, "predict": self.predict_step}[kind]
 
+        value_checks = [False]  # the first step was only traced: its value checks go in the compiled step
+
         def step(batch: Any) -> Any:
-            # A step may return a keras.Variable (a metric's result()); return its value.
-            return keras.tree.map_structure(
-                lambda t: t.value if isinstance(t, keras.Variable) else t,
-                _debug.with_gradient_stats(self, kind, user_step(batch)))
+            self._value_checks_traced = value_checks[0]
+            try:
+                # A step may return a keras.Variable (a metric's result()); return its value.
+                return keras.tree.map_structure(
+                    lambda t: t.value if isinstance(t, keras.Variable) else t,
+                    _debug.with_gradient_stats(self, kind, user_step(batch)))
+            finally:
+                self._value_checks_traced = False
 
         jit = self._engine.resolve_jit_compile(self.jit_compile)
         if kind not in self._step_fns or self._runner_key != self._key(jit):
             self._sync()
+            eager = bool(self.run_eagerly)
             try:
-                self._first_step(step, self._engine.to_native(sample), kind)
+                value_checks[0] = self._first_step(step, self._engine.to_native(sample), kind,
+                                                   abstract=not eager and jit)
             except Exception as e:
                 _checks.explain_string_inputs(sample, e)  # raises a clear error if strings were the cause
                 raise
@@ -254,7 +275,6 @@ class StepsMixin(StateMixin):
                 self._runner = self._engine.make_runner(self._state)
                 self._runner_key = key
                 self._step_fns = {}
-            eager = bool(self.run_eagerly)
             body: Callable[[Any], Any] = step
             if self.steps_per_execution > 1 and kind != "predict":
                 # k steps over batches stacked on a leading axis, in one call:
@@ -268,7 +288,8 @@ class StepsMixin(StateMixin):
             many = self.steps_per_execution > 1 and kind != "predict"
             # (the trace counter describes a stacked execution's shapes as they are)
             compiled = self._runner.compile(body, eager=eager, jit_compile=jit, kind=kind,
-                                            on_trace=_debug.trace_counter(self, kind, False))
+                                            on_trace=_debug.trace_counter(self, kind, False),
+                                            checks=value_checks[0])
             self._step_fns[kind] = _nans.guard(self, kind, compiled, step, many)  # debug_nans
         return self._step_fns[kind]
 

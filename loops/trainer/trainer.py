@@ -162,6 +162,7 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
         self._step_fns: dict[str, Callable[[Any], Any]] = {}
         self._state: list[keras.Variable] = []
         self._in_first_step = False
+        self._value_checks_traced = False  # tracing a compiled step that runs the first step's value checks
         self._building = False
         self._metrics_cache: list[keras.metrics.Metric] | None = None
 
@@ -269,6 +270,7 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
                     except (KeyError, ValueError, TypeError):
                         pass  # Keras fits y to the loss's structure first (loss=["mse", None]): its call builds
                 _checks.check_loss_shapes(self._compile_loss, y, y_pred)
+            if self._in_first_step or self._value_checks_traced:
                 _traps.check_values(self, self._compile_loss, y, y_pred)  # label range, from_logits
             loss = self._compile_loss(y, y_pred, sample_weight)
             if self._in_first_step:

@@ -1,0 +1,139 @@
+"""The first step's checks: on jax traced (``trace_only``) with the value checks
+in the compiled step's first call, eager elsewhere; the same errors, warnings
+and results on every backend."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import loops
+from loops.debug.traps import FromLogitsWarning
+
+BACKEND = keras.backend.backend()
+
+
+def _data(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 6)).astype("float32"), rng.integers(0, 4, n)
+
+
+def _model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)])
+
+
+def _trainer(model: keras.Model, **kwargs: object) -> loops.Trainer:
+    return loops.Trainer(model, "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), **kwargs)
+
+
+class _Watch(keras.layers.Layer):
+    """Records whether each call saw concrete values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.concrete: list[bool] = []
+
+    def call(self, x: object) -> object:
+        if BACKEND == "jax":
+            import jax
+
+            self.concrete.append(not isinstance(x, jax.core.Tracer))
+        return x
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax traces the first step; the others run it eagerly (cheap there)")
+def test_jax_first_step_runs_no_eager_step() -> None:
+    x, y = _data()
+    watch = _Watch()
+    model = keras.Sequential([keras.layers.Dense(8, activation="relu"), watch, keras.layers.Dense(4)])
+    _trainer(model).fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert watch.concrete and not any(watch.concrete), watch.concrete
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_label_error_after_the_compiled_first_call_leaves_the_trainer_as_it_was(steps_per_execution: int) -> None:
+    x, y = _data()
+    bad = y.copy()
+    bad[5] = 9
+    t = _trainer(_model(), steps_per_execution=steps_per_execution)
+    t.model.build((None, 6))
+    before = [np.array(w) for w in t.get_weights()]
+    with pytest.raises(ValueError, match=r"range over 0..9.*width 4.*rows \[5\]"):
+        t.fit(x, bad, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(before, t.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # The same trainer then trains as a fresh one does (the state was not consumed).
+    got = t.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history["loss"]
+    fresh = _trainer(_model(), steps_per_execution=steps_per_execution)
+    want = fresh.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history["loss"]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for a, b in zip(t.get_weights(), fresh.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_from_logits_trap_warns_once_on_the_first_call(steps_per_execution: int) -> None:
+    x, y = _data()
+    model = keras.Sequential([keras.layers.Dense(4, activation="softmax")])
+    t = _trainer(model, steps_per_execution=steps_per_execution)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    traps = [w for w in caught if issubclass(w.category, FromLogitsWarning)]
+    assert len(traps) == 1, [str(w.message) for w in traps]
+    assert "from_logits=True" in str(traps[0].message) and "softmax" in str(traps[0].message)
+
+
+def test_first_step_results_match_model_fit() -> None:
+    x, y = _data()
+    model = _model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    want = model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history["loss"]
+    got = _trainer(_model()).fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history["loss"]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+class Unbuilt(keras.Model):
+    """A subclassed model built by a custom step's first call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.out = keras.layers.Dense(4)
+
+    def call(self, x: object) -> object:
+        return self.out(self.hidden(x))
+
+
+class _CustomStep(loops.Trainer):
+    def train_step(self, batch: object) -> dict[str, object]:
+        x, y = batch  # type: ignore[misc]
+
+        def loss_fn() -> object:
+            logits = self.model(x, training=True)
+            return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+
+        loss, grads = self.value_and_grad(loss_fn, self.model.trainable_variables)
+        self.optimizer.apply(grads, self.model.trainable_variables)
+        return {"loss": loss}
+
+
+def test_custom_step_builds_an_unbuilt_model_and_its_optimizer() -> None:
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    model = Unbuilt()
+    t = _CustomStep(model, optimizer=keras.optimizers.SGD(0.1))
+    history = t.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False).history["loss"]
+    assert model.built and len(t.optimizer.variables) > 0
+    assert history[-1] < history[0]
+    # Against Keras: the same model and updates through model.fit.
+    keras.utils.set_random_seed(0)
+    reference = Unbuilt()
+    reference.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    reference.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
+    for a, b in zip(model.get_weights(), reference.get_weights()):  # (the step logs its last batch's loss)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
