@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for backend in backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        # Steady state: torch's replayed step, as any fit of 100+ steps runs it
+        # (its timed blocks are shorter runs, which the capture policy leaves eager).
+        env.setdefault("LOOPS_TORCH_CAPTURE", "first")
         cmd = [sys.executable, "-m", "benchmarks._worker", "--mode", mode]
         if args.workloads:
             cmd += ["--workloads", args.workloads]

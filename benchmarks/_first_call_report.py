@@ -14,7 +14,7 @@ ROWS = (
     ("symbolic_build", "· symbolic model build (Keras: + optimizer, metrics)"),
     ("discover", "· variable discovery"),
     ("optimizer", "· optimizer prepare + build"),
-    ("eager_step", "· first eager step: forward, loss, grads, metrics"),
+    ("eager_step", "· first step with its checks: eager (jax: traced only)"),
     ("eager_xla", "  ↳ XLA compiles of eager ops (jax)"),
     ("check_shapes", "· check: loss/label shapes"),
     ("check_traps", "· check: label range, from_logits traps (host read)"),
@@ -42,17 +42,13 @@ CHECKS = ("check_shapes", "check_traps", "check_liveness", "check_other")
 
 
 # id, what to do, the rows it saves (a dict: only on that backend, or of the
-# first fit in the process), keeps the first-batch checks?
+# first fit in the process), keeps the first-batch checks? (Done since and
+# removed: jax's first step on a trace with the value checks in the compiled
+# step's first call; torch's first call eager and capture when a run pays.)
 CANDIDATES: tuple[tuple[str, str, tuple[str, ...], dict[str, Any], str], ...] = (
-    ("jax_checks_on_trace", "jax: run the first step's checks on a trace (make_jaxpr / eval_shape of the "
-     "step; traps' values from the first compiled call) instead of op by op: each eager op compiles its own "
-     "XLA program for new shapes", ("eager_step",), {"backend": "jax"}, "yes (moved into the trace)"),
     ("tf_no_autograph", "tensorflow: no autograph conversion of the library's own code (do_not_convert on "
      "the default steps, value_and_grad, compute_loss, the step wrappers; a user's custom step still "
      "converted)", ("tf_autograph",), {"backend": "tensorflow", "warmup": True}, "yes"),
-    ("torch_eager_step_counts", "torch: keep the eager first step's updates (it is step 1) and capture at "
-     "step 2: the first step is done without capture (the capture's cost moves to step 2; one-step fits "
-     "never pay it)", ("compiled",), {"backend": "torch"}, "yes"),
     ("torch_race", "torch: no executor race on the first step (choose TorchScript vs FX by graph content, "
      "or race later, off the first step)", ("race",), {"backend": "torch"}, "yes"),
     ("torch_ts", "torch: defer TorchScript (trace + its reproduction check) until the step has run a few "

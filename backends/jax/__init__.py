@@ -50,16 +50,17 @@ class _Runner:
 
         gate = _first_call.Gate() if checks else None
 
-        def pure(values: list[Any], batch: Any, first: Any = None) -> tuple[Any, list[Any]]:
+        def pure(values: list[Any], batch: Any) -> tuple[Any, ...]:
             if on_trace is not None:
                 on_trace(batch)  # this Python runs only while jax.jit traces
             mapping = list(zip(variables, values))
             with contextlib.ExitStack() as stack:
-                if gate is not None:
-                    stack.enter_context(gate.tracing(first))  # host_values: first call only
+                staged = stack.enter_context(gate.tracing()) if gate is not None else []
                 scope = stack.enter_context(keras.StatelessScope(state_mapping=mapping, collect_losses=True))
                 out = fn(batch)
-            return out, [scope.get_current_value(v) for v in variables]
+            new = [scope.get_current_value(v) for v in variables]
+            # With checks: what host_values staged, as extra outputs (Gate).
+            return (out, new) if gate is None else (out, new, gate.outputs(staged))
 
         # Donated: the old state buffers are dead after each call, so nothing
         # may keep a reference to them (see sync()).
@@ -87,8 +88,7 @@ class _Runner:
                         self._values[i] = held[i] = v._value
             if gate is not None and not checked:
                 return first_step(batch)
-            args = (self._values, batch) if gate is None else (self._values, batch, _first_call.flag(False))
-            out, self._values = jitted(*args)
+            out, self._values, *_ = jitted(self._values, batch)
             return out
 
         checked = False
@@ -100,9 +100,9 @@ class _Runner:
             nonlocal checked
             assert gate is not None and self._values is not None
             before = self._values
-            out, after = jitted(_first_call.copies(before), batch, _first_call.flag(True))
+            out, after, staged = jitted(_first_call.copies(before), batch)
             try:
-                gate.run()
+                gate.run(staged)
             except BaseException:
                 self._values = None  # the variables still hold the state before the call
                 for value in after:
@@ -175,19 +175,25 @@ def value_and_grad(
     # assigning to an outer scope from inside the traced function leaks tracers.
     others = [v for v in state if id(v) not in wrt_ids]
 
+    carried: list[Any] = []  # what host_values staged inside fn (a checked step being traced)
+
     def pure(wrt_values: list[Any], input_values: list[Any],
-             other_values: list[Any]) -> tuple[Any, tuple[Any, list[Any]]]:
+             other_values: list[Any]) -> tuple[Any, tuple[Any, list[Any], list[Any]]]:
         mapping = list(zip(wrt, wrt_values)) + list(zip(others, other_values))
-        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+        with _first_call.inner() as staged, \
+                keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             out = fn(*input_values)
         loss, aux = out if has_aux else (out, None)
-        return loss, (aux, [scope.get_current_value(v) for v in others])
+        carried[:] = staged
+        return loss, (aux, [scope.get_current_value(v) for v in others],
+                      [t for _, ts in staged for t in ts])
 
     wrt_values = [v.value for v in wrt]
     input_values = list(inputs)
     other_values = [v.value for v in others]
-    (loss, (aux, new_others)), (var_grads, input_grads) = jax.value_and_grad(
+    (loss, (aux, new_others, staged)), (var_grads, input_grads) = jax.value_and_grad(
         pure, argnums=(0, 1), has_aux=True)(wrt_values, input_values, other_values)
+    _first_call.restage(carried, staged)
     for v, value in zip(others, new_others):
         v.assign(value)
     grads = list(var_grads) + list(input_grads)

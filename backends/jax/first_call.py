@@ -9,19 +9,19 @@ first-step checks run in two halves that cost no eager step:
   dtypes, nothing computed or compiled). Everything the checks learn from
   structure happens there: optimizers build, shapes, variables without a
   gradient, variables the step creates or assigns behind the Trainer's back.
-- ``Gate``: the checks that need values (label ranges, ``from_logits``) go
-  into the compiled step itself, each a ``jax.debug.callback`` under a
-  ``lax.cond`` on a flag that is true for the first call only. Their values
-  come back with that call; ``Gate.run`` calls the checks then, so what they
-  raise or warn comes from the caller's thread, and the runner keeps the
-  variables as they were if they raise. Later calls skip the branch.
+- ``Gate``: the checks that need values (label ranges, ``from_logits``)
+  take small tensors (the labels, a five-number summary of the predictions)
+  that the compiled step returns as extra outputs at every call. After the
+  first call ``Gate.run`` calls the checks on them, so what they raise or
+  warn comes from the caller's thread, and the runner keeps the variables
+  as they were if they raise. Later calls ignore those outputs.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -52,64 +52,77 @@ def trace_only(fn: Callable[[Any], Any], batch: Any) -> bool:
 
 
 class Gate:
-    """The value checks of one compiled step, run on its first call's values."""
+    """The value checks of one compiled step, run on its first call's values.
+
+    ``host_values`` inside the step stages its tensors here; they leave the
+    step as extra outputs (``value_and_grad`` carries those staged inside its
+    function out through its aux), so the compiled program has no host
+    callback: a callback, even one never taken, would cost jax's fast C++
+    dispatch path (~0.4 ms a step on a small MLP). The extra outputs are the
+    labels and five numbers per probabilistic loss."""
 
     def __init__(self) -> None:
         self.sites: list[Callable[..., None]] = []  # each traced host_values call's fn
-        self.values: dict[int, list[np.ndarray]] = {}  # site -> values its callback delivered
-        self.flag: Any = None  # the traced first-call flag while this step is traced
+        self.levels: list[list[tuple[int, list[Any]]]] = []  # staged (site, tensors), per nesting
+        self.layout: list[tuple[int, int]] = []  # the last trace's outputs: (site, tensor count)
 
-    def tracing(self, flag: Any) -> Any:
-        gate = self
-
-        class _Scope:
-            def __enter__(self) -> None:
-                self.saved = getattr(_tracing, "gate", None)
-                gate.flag, _tracing.gate = flag, gate
-
-            def __exit__(self, *exc: Any) -> None:
-                _tracing.gate, gate.flag = self.saved, None
-
-        return _Scope()
+    @contextlib.contextmanager
+    def tracing(self) -> Iterator[list[tuple[int, list[Any]]]]:
+        """While the step is traced: host_values stages here; yields what was staged."""
+        saved = getattr(_tracing, "gate", None)
+        _tracing.gate = self
+        self.levels.append([])
+        try:
+            yield self.levels[-1]
+        finally:
+            self.levels.pop()
+            _tracing.gate = saved
 
     def stage(self, fn: Callable[..., None], tensors: Sequence[Any]) -> None:
-        """Stages ``fn``'s values as a callback that fires on the first call only.
-        Inside ``lax.scan`` (``steps_per_execution``) it fires once per step:
-        the first values are kept."""
-        site = len(self.sites)
         self.sites.append(fn)
-        values = self.values
+        self.levels[-1].append((len(self.sites) - 1, list(tensors)))
 
-        def deliver(*arrays: Any) -> None:
-            values.setdefault(site, [np.asarray(a) for a in arrays])
+    def outputs(self, staged: list[tuple[int, list[Any]]]) -> list[Any]:
+        """The staged tensors as a flat output list (the layout kept for ``run``)."""
+        self.layout = [(site, len(tensors)) for site, tensors in staged]
+        return [t for _, tensors in staged for t in tensors]
 
-        def fire(ts: list[Any]) -> None:
-            jax.debug.callback(deliver, *ts)
-
-        tensors = [jax.lax.stop_gradient(t) for t in tensors]  # inside value_and_grad: no tangents
-        jax.lax.cond(self.flag, fire, lambda ts: None, tensors)
-
-    def run(self) -> None:
+    def run(self, values: list[Any]) -> None:
         """Calls the checks on the first call's values, in trace order."""
-        if not self.sites:
-            return
-        jax.effects_barrier()  # every callback of the call has delivered
-        delivered = dict(self.values)
-        self.values.clear()
-        for site in sorted(delivered):
-            self.sites[site](*delivered[site])
+        it = iter(values)
+        for site, n in self.layout:
+            self.sites[site](*[np.asarray(next(it)) for _ in range(n)])
+
+
+@contextlib.contextmanager
+def inner() -> Iterator[list[tuple[int, list[Any]]]]:
+    """Around a nested trace (``value_and_grad``'s function): what it stages
+    is yielded, to be carried out of it and handed to ``restage``."""
+    gate = current()
+    if gate is None:
+        yield []
+        return
+    gate.levels.append([])
+    try:
+        yield gate.levels[-1]
+    finally:
+        gate.levels.pop()
+
+
+def restage(staged: list[tuple[int, list[Any]]], tensors: list[Any]) -> None:
+    """Stages ``tensors`` (the carried-out values of ``staged``) at the outer level."""
+    gate = current()
+    if gate is None or not staged:
+        return
+    it = iter(tensors)
+    for site, ts in staged:
+        gate.levels[-1].append((site, [next(it) for _ in ts]))
 
 
 def current() -> Gate | None:
     """The Gate of the checked step being traced on this thread, if any."""
     gate = getattr(_tracing, "gate", None)
-    return gate if gate is not None and gate.flag is not None else None
-
-
-@functools.lru_cache(maxsize=None)
-def flag(value: bool) -> Any:
-    """The first-call flag as a device scalar (made once: no transfer per step)."""
-    return jax.numpy.asarray(value)
+    return gate if gate is not None and gate.levels else None
 
 
 def copies(values: list[Any]) -> list[Any]:

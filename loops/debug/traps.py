@@ -185,31 +185,49 @@ def check_values(trainer: Any, compile_loss: Any, y: Any, y_pred: Any) -> None:
         output = _output_name(path, output_name)
         width = 2 if kind == "binary" else int(y_p.shape[-1])
 
-        def inspect(labels: np.ndarray, preds: np.ndarray, name: str = name, kind: str = kind,
+        def inspect(labels: np.ndarray, summary: np.ndarray, name: str = name, kind: str = kind,
                     from_logits: bool = from_logits, ignore_class: Any = ignore_class,
-                    output: str = output, width: int = width) -> None:
+                    output: str = output, width: int = width, size: int = _size(y_p)) -> None:
             labels = labels.astype("float64")
-            preds = preds.astype("float64")
             _check_labels(name, kind, output, width, ignore_class, labels)
-            sums = None if kind == "binary" else preds.sum(axis=-1)
-            finite = preds[np.isfinite(preds)]
-            info = LossInputs(
+            pred_min, pred_max, n_finite, sum_min, sum_max = (float(v) for v in summary)
+            sums = kind != "binary" and math.isfinite(sum_min)  # (all-NaN rows: no row sum;
+            info = LossInputs(                                  # debug_nans says where NaN came from)
                 loss=name, output=output, kind=kind, from_logits=from_logits, width=width,
                 label_min=float(labels.min()) if labels.size else math.nan,
                 label_max=float(labels.max()) if labels.size else math.nan,
-                pred_min=float(finite.min()) if finite.size else math.nan,
-                pred_max=float(finite.max()) if finite.size else math.nan,
-                # (all-NaN predictions: no row sum; debug_nans reports where the NaN came from)
-                row_sum_min=None if sums is None or np.isnan(sums).all() else float(np.nanmin(sums)),
-                row_sum_max=None if sums is None or np.isnan(sums).all() else float(np.nanmax(sums)))
+                pred_min=pred_min if n_finite else math.nan, pred_max=pred_max if n_finite else math.nan,
+                row_sum_min=sum_min if sums else None, row_sum_max=sum_max if sums else None)
             if sink is not None:
                 sink.loss_inputs.append(info)
-            message = _trap(info, preds.size) if finite.size else None
+            message = _trap(info, size) if n_finite else None
             if message is not None and f"{output}:{name}" not in warned:
                 warned.add(f"{output}:{name}")
                 warnings.warn(message, FromLogitsWarning, stacklevel=2)
 
-        engine.host_values(inspect, [y_t, y_p])
+        # The predictions reach the host as five numbers, not as an array: on
+        # jax they are outputs of the compiled step (see host_values).
+        engine.host_values(inspect, [y_t, _summary(y_p)])
+
+
+def _size(t: Any) -> int:
+    return int(np.prod([d for d in t.shape if d is not None]))
+
+
+def _summary(preds: Any) -> Any:
+    """``[min, max, count]`` of the finite predictions and ``[min, max]`` of
+    the row sums over the last axis ignoring NaN rows (``inf`` where there
+    are none), in float32."""
+    ops = keras.ops
+    p = ops.cast(preds, "float32")
+    finite = ops.isfinite(p)
+    inf = ops.cast(float("inf"), "float32")
+    sums = ops.sum(p, axis=-1)
+    valid = ops.logical_not(ops.isnan(sums))
+    return ops.stack([
+        ops.min(ops.where(finite, p, inf)), ops.max(ops.where(finite, p, -inf)),
+        ops.sum(ops.cast(finite, "float32")),
+        ops.min(ops.where(valid, sums, inf)), ops.max(ops.where(valid, sums, -inf))])
 
 
 def record_loss(trainer: Any, loss: Any) -> None:

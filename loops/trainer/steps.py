@@ -265,8 +265,11 @@ class StepsMixin(StateMixin):
             self._sync()
             eager = bool(self.run_eagerly)
             try:
+                # (steps_per_execution: the steps run inside a loop, whose body the
+                # value checks' outputs cannot leave: that first step runs eagerly)
+                looped = self.steps_per_execution > 1 and kind != "predict"
                 value_checks[0] = self._first_step(step, self._engine.to_native(sample), kind,
-                                                   abstract=not eager and jit)
+                                                   abstract=not eager and jit and not looped)
             except Exception as e:
                 _checks.explain_string_inputs(sample, e)  # raises a clear error if strings were the cause
                 raise
