@@ -94,24 +94,14 @@ class _Runner:
         checked = False
 
         def first_step(batch: Any) -> Any:
-            # The value checks run after this call: it must not consume the
-            # variables' buffers (copies are donated), so a check that raises
-            # leaves the model as it was.
             nonlocal checked
             assert gate is not None and self._values is not None
-            before = self._values
-            out, after, staged = jitted(_first_call.copies(before), batch)
             try:
-                gate.run(staged)
+                out, self._values = _first_call.first_call(jitted, self._values, batch, gate)
             except BaseException:
                 self._values = None  # the variables still hold the state before the call
-                for value in after:
-                    value.delete()
                 raise
             checked = True
-            self._values = after
-            for value in before:  # as donation would have: the state before is dead now
-                value.delete()
             return out
 
         return step

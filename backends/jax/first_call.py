@@ -125,6 +125,23 @@ def current() -> Gate | None:
     return gate if gate is not None and gate.levels else None
 
 
+def first_call(jitted: Callable[..., Any], before: list[Any], batch: Any, gate: Gate) -> tuple[Any, list[Any]]:
+    """A checked step's first call: ``(outputs, new state)``, the value checks
+    run. It does not consume the variables' buffers (copies are donated), so
+    a check that raises leaves the model as it was; after it passes, the old
+    buffers are deleted, as donation would have."""
+    out, after, staged = jitted(copies(before), batch)
+    try:
+        gate.run(staged)
+    except BaseException:
+        for value in after:
+            value.delete()
+        raise
+    for value in before:
+        value.delete()
+    return out, after
+
+
 def copies(values: list[Any]) -> list[Any]:
     """New buffers with the same contents, without a compiled copy per shape
     (``jnp.array(copy=True)`` compiles one: ~10 ms each on the first call)."""
