@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -43,3 +45,18 @@ def summarize(ms: dict[str, list[float]]) -> dict[str, Any]:
                 per_round = [a / b for a, b in zip(values, ms[ref])]
                 out["ratios"][f"{arm}/{ref}"] = statistics.median(per_round)
     return out
+
+
+def run_worker(cmd: list[str], env: dict[str, str], tag: str, label: str, timeout: float) -> Any:
+    """Runs a benchmark worker process from the repository root and returns the
+    JSON it printed after ``tag``, or None (said on stderr) if it failed."""
+    import json
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=root)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(tag)), None)
+    if proc.returncode != 0 or line is None:
+        print(f"{label}: failed (exit {proc.returncode})", file=sys.stderr)
+        return None
+    return json.loads(line[len(tag):])

@@ -42,7 +42,6 @@ import gc
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -256,12 +255,7 @@ def _launch(backend: str, mode: dict[str, Any]) -> dict[str, Any] | None:
     cmd = [sys.executable, "-m", "benchmarks.scaling", "--worker",
            "--batches", ",".join(map(str, mode["batches"])), "--widths", ",".join(map(str, mode["widths"])),
            "--steps", str(mode["steps"]), "--block-s", str(mode["block_s"]), "--rounds", str(mode["rounds"])]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=3600, cwd=ROOT)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)), None)
-    if proc.returncode != 0 or line is None:
-        print(f"{backend}: failed (exit {proc.returncode})", file=sys.stderr)
-        return None
-    return json.loads(line[len(TAG):])
+    return _timing.run_worker(cmd, env, TAG, f"{backend}", timeout=3600)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,12 +42,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Callable
 
 import numpy as np
+
+from benchmarks import _timing
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,12 +223,7 @@ def _launch(backend: str, a: argparse.Namespace, mode: dict[str, int]) -> dict[s
     cmd = [sys.executable, "-m", "benchmarks.short_runs", "--worker", "--models", a.models,
            "--rounds", str(mode["rounds"]), "--epochs", str(mode["epochs"]), "--batches", str(mode["batches"]),
            "--batch-size", str(mode["batch_size"])]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=3600, cwd=ROOT)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)), None)
-    if proc.returncode != 0 or line is None:
-        print(f"{backend}: failed (exit {proc.returncode})", file=sys.stderr)
-        return None
-    return json.loads(line[len(TAG):])
+    return _timing.run_worker(cmd, env, TAG, f"{backend}", timeout=3600)
 
 
 def _gate(row: dict[str, Any]) -> str:

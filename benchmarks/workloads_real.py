@@ -35,7 +35,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -160,12 +159,7 @@ def _launch(backend: str, arm: str, workloads: str, a: argparse.Namespace) -> li
     cmd = [sys.executable, "-m", "benchmarks.workloads_real", "--worker", "--arm", arm, "--workloads", workloads,
            "--size", a.size, "--gate-steps", str(a.gate_steps), "--block-s", str(a.block_s),
            "--rounds", str(a.rounds)]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=1800, cwd=ROOT)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)), None)
-    if proc.returncode != 0 or line is None:
-        print(f"{backend} {arm} {workloads}: failed (exit {proc.returncode})", file=sys.stderr)
-        return None
-    return json.loads(line[len(TAG):])
+    return _timing.run_worker(cmd, env, TAG, f"{backend} {arm} {workloads}", timeout=1800)
 
 
 def _fmt_rate(x: float | None) -> str:

@@ -250,13 +250,18 @@ class StepsMixin(StateMixin):
 
         value_checks = [False]  # the first step was only traced: its value checks go in the compiled step
 
+        def run(batch: Any) -> Any:
+            # A step may return a keras.Variable (a metric's result()); return its value.
+            return keras.tree.map_structure(
+                lambda t: t.value if isinstance(t, keras.Variable) else t,
+                _debug.with_gradient_stats(self, kind, user_step(batch)))
+
         def step(batch: Any) -> Any:
-            self._value_checks_traced = value_checks[0]
+            if not value_checks[0]:
+                return run(batch)  # (eager torch steps take this path at every call)
+            self._value_checks_traced = True
             try:
-                # A step may return a keras.Variable (a metric's result()); return its value.
-                return keras.tree.map_structure(
-                    lambda t: t.value if isinstance(t, keras.Variable) else t,
-                    _debug.with_gradient_stats(self, kind, user_step(batch)))
+                return run(batch)
             finally:
                 self._value_checks_traced = False
 
