@@ -4,7 +4,8 @@ the first-call probe finds every phase it times, and the realistic workloads'
 arms train, are timed, and agree (``benchmarks/first_call.py``,
 ``benchmarks/workloads_real.py``); a short run's arms are timed and agree
 (``benchmarks/short_runs.py``); the scaling sweeps time every arm at every
-point and write their report (``benchmarks/scaling.py``)."""
+point and write their report (``benchmarks/scaling.py``); the memory
+benchmark measures every phase of every arm (``benchmarks/memory.py``)."""
 
 import math
 import os
@@ -14,7 +15,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import _first_call_report, first_call, scaling, short_runs, workloads_real  # noqa: E402
+from benchmarks import _first_call_report, first_call, memory, scaling, short_runs, workloads_real  # noqa: E402
 from benchmarks import _workloads as W  # noqa: E402
 from benchmarks._worker import run_workload  # noqa: E402
 
@@ -97,3 +98,25 @@ def test_scaling_times_every_arm_at_every_point(tmp_path, monkeypatch):
     text = open(paths["md"]).read()
     assert "| batch | 32 | 256 |" in text and "| width | 128 | 64 |" in text and "Verdict:" in text
     assert "FAILED" not in text and "—" not in text.split("## ")[-1], text
+
+
+def test_memory_measures_every_phase_of_every_arm():
+    import keras
+
+    n, features = memory.SIZES["tiny"], 64
+    runs = {arm: memory.run_arm(arm, n, features) for arm in memory.ARMS}
+    for arm, r in runs.items():
+        phases = ("fit",) if arm == "native" else memory.PHASES
+        assert set(r["rss_mb"]) == set(phases), (arm, r)
+        assert all(math.isfinite(v) and v >= 0 for v in r["rss_mb"].values()), (arm, r)
+        assert math.isfinite(r["loss"]) and r["loss"] > 0, (arm, r)
+    for arm in ("trainer", "keras"):
+        assert runs[arm]["predict_shape"] == [n, memory.CLASSES], runs[arm]
+        assert math.isfinite(runs[arm]["val_loss"]), runs[arm]
+    # Same weights and data: one epoch leaves both at a loss near ln(10) (random labels).
+    assert abs(runs["trainer"]["loss"] - runs["keras"]["loss"]) < 0.1 * runs["keras"]["loss"], runs
+    text = memory.markdown({keras.backend.backend(): runs}, "test machine", "tiny", "", [])
+    rows = [line for line in text.splitlines() if line.startswith(f"| {keras.backend.backend()} |")]
+    assert len(rows) == len(memory.PHASES), text
+    assert memory.verdict(100.0, 100.0) == "ok" and memory.verdict(200.0, 100.0) == "OVER"
+    assert memory.verdict(10.0, 3.0) == "ok"  # under the noise floor

@@ -137,3 +137,40 @@ def test_custom_step_builds_an_unbuilt_model_and_its_optimizer() -> None:
     reference.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False)
     for a, b in zip(model.get_weights(), reference.get_weights()):  # (the step logs its last batch's loss)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("last", ["logits", "softmax"])
+def test_value_checks_read_a_sample_of_wide_outputs(last: str) -> None:
+    """A language-model-like output (8 x 16 x 1024 = 131,072 values) is read
+    as its first rows (``SAMPLE_VALUES``): both from_logits traps still fire,
+    and an out-of-range label anywhere in the batch is still an error."""
+    from loops.debug import traps
+
+    vocab, seq = 1024, 16
+    assert 8 * seq * vocab > traps.SAMPLE_VALUES
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, vocab, (32, seq))
+    y = rng.integers(0, vocab, (32, seq))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Embedding(vocab, 8),
+                              keras.layers.Dense(vocab, activation=None if last == "logits" else "softmax")])
+    # The mismatched setting: logits read as probabilities, or probabilities as logits.
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=last == "softmax")
+    with pytest.warns(FromLogitsWarning, match="logits" if last == "logits" else "probabilities"):
+        loops.Trainer(model, "adam", loss).fit(x, y, batch_size=8, epochs=1, verbose=0)
+    bad = y.copy()
+    bad[7, seq - 1] = vocab  # the last value of the first batch: outside any sample of its leading rows
+    with pytest.raises(ValueError, match=f"range over 0..{vocab}"):
+        loops.Trainer(model, "adam", loss).fit(x, bad, batch_size=8, epochs=1, verbose=0, shuffle=False)
+
+
+def test_prediction_summary_ignores_non_finite_values_and_nan_rows() -> None:
+    from loops.debug import traps
+
+    p = np.array([[0.2, 0.8], [np.nan, 0.5], [np.inf, 0.1], [0.3, 0.7]], dtype=np.float32)
+    lo, hi, n_finite, sum_lo, sum_hi = traps._summary(p)
+    assert (lo, hi, n_finite) == (pytest.approx(0.1), pytest.approx(0.8), 6)
+    assert (sum_lo, sum_hi) == (pytest.approx(1.0), np.inf)  # the NaN row is left out, the inf row is not
+    assert traps._summary(np.full((2, 3), np.nan, np.float32))[2:] == (0, np.inf, -np.inf)
+    wide = np.zeros((4, 3, traps.SAMPLE_VALUES // 2), np.float32)
+    assert tuple(keras.ops.convert_to_numpy(traps._sample(keras.ops.convert_to_tensor(wide))).shape) == (2, wide.shape[-1])

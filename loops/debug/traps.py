@@ -185,12 +185,12 @@ def check_values(trainer: Any, compile_loss: Any, y: Any, y_pred: Any) -> None:
         output = _output_name(path, output_name)
         width = 2 if kind == "binary" else int(y_p.shape[-1])
 
-        def inspect(labels: np.ndarray, summary: np.ndarray, name: str = name, kind: str = kind,
+        def inspect(labels: np.ndarray, sample: np.ndarray, name: str = name, kind: str = kind,
                     from_logits: bool = from_logits, ignore_class: Any = ignore_class,
                     output: str = output, width: int = width, size: int = _size(y_p)) -> None:
             labels = labels.astype("float64")
             _check_labels(name, kind, output, width, ignore_class, labels)
-            pred_min, pred_max, n_finite, sum_min, sum_max = (float(v) for v in summary)
+            pred_min, pred_max, n_finite, sum_min, sum_max = _summary(sample)
             sums = kind != "binary" and math.isfinite(sum_min)  # (all-NaN rows: no row sum;
             info = LossInputs(                                  # debug_nans says where NaN came from)
                 loss=name, output=output, kind=kind, from_logits=from_logits, width=width,
@@ -205,29 +205,46 @@ def check_values(trainer: Any, compile_loss: Any, y: Any, y_pred: Any) -> None:
                 warned.add(f"{output}:{name}")
                 warnings.warn(message, FromLogitsWarning, stacklevel=2)
 
-        # The predictions reach the host as five numbers, not as an array: on
-        # jax they are outputs of the compiled step (see host_values).
-        engine.host_values(inspect, [y_t, _summary(y_p)])
+        # On jax the labels and the sample are outputs of the compiled step
+        # (see host_values): the whole predictions unless they are wide.
+        engine.host_values(inspect, [y_t, _sample(y_p)])
 
 
 def _size(t: Any) -> int:
     return int(np.prod([d for d in t.shape if d is not None]))
 
 
-def _summary(preds: Any) -> Any:
-    """``[min, max, count]`` of the finite predictions and ``[min, max]`` of
-    the row sums over the last axis ignoring NaN rows (``inf`` where there
-    are none), in float32."""
+#: Prediction values the checks read: all of them unless the outputs are wide
+#: (a language model's vocabulary); then the first rows, up to this many values.
+SAMPLE_VALUES = 65536
+
+
+def _sample(preds: Any) -> Any:
+    """The predictions the value checks read, as float32: all of them, or the
+    first rows (over the last axis) up to ``SAMPLE_VALUES`` values. A slice
+    rather than reductions on purpose: on jax it is an output of the compiled
+    step, and each reduction would be a kernel of its own for XLA to compile
+    (five of them cost ~0.1 s of compile per step program on CPU; returning
+    the array, or a leading slice of it, costs nothing measurable)."""
     ops = keras.ops
-    p = ops.cast(preds, "float32")
-    finite = ops.isfinite(p)
-    inf = ops.cast(float("inf"), "float32")
-    sums = ops.sum(p, axis=-1)
-    valid = ops.logical_not(ops.isnan(sums))
-    return ops.stack([
-        ops.min(ops.where(finite, p, inf)), ops.max(ops.where(finite, p, -inf)),
-        ops.sum(ops.cast(finite, "float32")),
-        ops.min(ops.where(valid, sums, inf)), ops.max(ops.where(valid, sums, -inf))])
+    if _size(preds) > SAMPLE_VALUES:
+        width = max(1, int(preds.shape[-1] or 1))
+        preds = ops.reshape(preds, (-1, width))[:max(1, SAMPLE_VALUES // width)]
+    return ops.cast(preds, "float32")
+
+
+def _summary(sample: np.ndarray) -> tuple[float, float, int, float, float]:
+    """``(min, max, count)`` of the finite predictions and ``(min, max)`` of
+    the row sums over the last axis, ignoring NaN rows (``inf`` where there
+    are none)."""
+    p = np.asarray(sample, dtype=np.float32)
+    finite = np.isfinite(p)
+    n_finite = int(finite.sum())
+    values = p[finite]
+    sums = p.sum(axis=-1) if p.ndim else p
+    sums = np.asarray(sums)[~np.isnan(sums)]
+    return (float(values.min()) if n_finite else math.inf, float(values.max()) if n_finite else -math.inf,
+            n_finite, float(sums.min()) if sums.size else math.inf, float(sums.max()) if sums.size else -math.inf)
 
 
 def record_loss(trainer: Any, loss: Any) -> None:
