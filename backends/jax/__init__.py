@@ -138,15 +138,8 @@ def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
 
 
 def _live_inputs(fn: Callable[..., Any], *args: Any) -> list[bool]:
-    """Which leaves of ``args`` the scalar output of ``fn`` depends on (a
-    backward liveness walk over the jaxpr; calls into sub-jaxprs count as using
-    all of their inputs, so this may miss an unused input but never invents one)."""
-    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
-    live = {id(v) for v in jaxpr.outvars if not hasattr(v, "val")}
-    for eqn in reversed(jaxpr.eqns):
-        if any(id(o) in live for o in eqn.outvars):
-            live.update(id(v) for v in eqn.invars if not hasattr(v, "val"))
-    return [id(v) in live for v in jaxpr.invars]
+    """Which leaves of ``args`` the scalar output of ``fn`` depends on."""
+    return _first_call.live_inputs(jax.make_jaxpr(fn)(*args).jaxpr, 1)
 
 
 def value_and_grad(
@@ -178,17 +171,18 @@ def value_and_grad(
         return loss, (aux, [scope.get_current_value(v) for v in others],
                       [t for _, ts in staged for t in ts])
 
-    wrt_values = [v.value for v in wrt]
-    input_values = list(inputs)
-    other_values = [v.value for v in others]
-    (loss, (aux, new_others, staged)), (var_grads, input_grads) = jax.value_and_grad(
-        pure, argnums=(0, 1), has_aux=True)(wrt_values, input_values, other_values)
+    args = ([v.value for v in wrt], list(inputs), [v.value for v in others])
+    if _first_call.abstract():  # the first step's checks, only traced: forward only
+        (loss, (aux, new_others, staged)), grads, live = _first_call.forward_only(pure, *args)
+    else:
+        (loss, (aux, new_others, staged)), (var_grads, input_grads) = jax.value_and_grad(
+            pure, argnums=(0, 1), has_aux=True)(*args)
+        grads = list(var_grads) + list(input_grads)
+        live = _live_inputs(lambda w, i: pure(w, i, args[2])[0], *args[:2]) if detect_unused else []
     _first_call.restage(carried, staged)
     for v, value in zip(others, new_others):
         v.assign(value)
-    grads = list(var_grads) + list(input_grads)
     if detect_unused:
-        live = _live_inputs(lambda w, i: pure(w, i, other_values)[0], wrt_values, input_values)
         grads = [g if used else None for g, used in zip(grads, live)]
     return ((loss, aux) if has_aux else loss), grads
 

@@ -29,7 +29,8 @@ import numpy as np
 _tracing = threading.local()  # .gate: the Gate of the checked step being traced on this thread
 
 _TRACER_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-                  jax.errors.TracerIntegerConversionError)
+                  jax.errors.TracerIntegerConversionError,
+                  jax.errors.UnexpectedTracerError)  # (a step keeping value_and_grad's inner values)
 
 
 def trace_only(fn: Callable[[Any], Any], batch: Any) -> bool:
@@ -44,11 +45,48 @@ def trace_only(fn: Callable[[Any], Any], batch: Any) -> bool:
             full[i] = value
         fn(jax.tree_util.tree_unflatten(treedef, full))
 
+    _tracing.abstract = True
     try:
         jax.make_jaxpr(traced)(*[leaves[i] for i in arrays])
     except _TRACER_ERRORS:
         return False
+    finally:
+        _tracing.abstract = False
     return True
+
+
+def abstract() -> bool:
+    """Whether this thread is in ``trace_only``'s trace, where nothing is computed."""
+    return bool(getattr(_tracing, "abstract", False))
+
+
+def forward_only(pure: Callable[..., Any], *args: Any) -> tuple[Any, list[Any], list[bool]]:
+    """``value_and_grad`` in ``trace_only``'s trace: ``(pure(*args), zero
+    gradients for args[0] and args[1], which leaves of them the loss uses)``.
+    ``pure`` is traced forward only, once (its Python runs as in a real step),
+    and its jaxpr is replayed into the enclosing trace; that jaxpr also gives
+    the liveness. Nothing in this trace is computed, and the optimizers only
+    build, so the gradients' shapes are all that matters; the differentiation
+    itself is traced once, by ``jax.jit``. (Half the cost of the checks'
+    trace: forward with tangents, then a second forward trace for liveness.)"""
+    closed, shape = jax.make_jaxpr(pure, return_shape=True)(*args)
+    out = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *jax.tree_util.tree_leaves(args))
+    out = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), out)
+    zeros = lambda t: jax.numpy.zeros(np.shape(t), jax.numpy.result_type(t))  # noqa: E731
+    grads = [jax.tree_util.tree_map(zeros, v) for v in list(args[0]) + list(args[1])]
+    n = len(jax.tree_util.tree_leaves(args[:2]))
+    return out, grads, live_inputs(closed.jaxpr, 1)[:n]
+
+
+def live_inputs(jaxpr: Any, outputs: int) -> list[bool]:
+    """Which inputs of ``jaxpr`` its first ``outputs`` outputs depend on (a
+    backward walk; a call into a sub-jaxpr counts as using all of its inputs,
+    so this may miss an unused input but never invents one)."""
+    live = {id(v) for v in jaxpr.outvars[:outputs] if not hasattr(v, "val")}
+    for eqn in reversed(jaxpr.eqns):
+        if any(id(o) in live for o in eqn.outvars):
+            live.update(id(v) for v in eqn.invars if not hasattr(v, "val"))
+    return [id(v) in live for v in jaxpr.invars]
 
 
 class Gate:
