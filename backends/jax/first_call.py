@@ -110,6 +110,8 @@ class Gate:
         """While the step is traced: host_values stages here; yields what was staged."""
         saved = getattr(_tracing, "gate", None)
         _tracing.gate = self
+        if not self.levels:  # a new trace (a retrace for new shapes): its own sites
+            self.sites = []
         self.levels.append([])
         try:
             yield self.levels[-1]
