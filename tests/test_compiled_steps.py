@@ -220,14 +220,19 @@ def test_torch_stops_capturing_after_max_graphs_shapes(monkeypatch):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch's captured graph")
-@pytest.mark.parametrize("replay", ["torchscript", "fx"])
+@pytest.mark.parametrize("replay", ["torchscript", "fx", "large_state"])
 def test_torch_replay_executors_match_eager(monkeypatch, replay):
     """The captured graph replays through TorchScript's interpreter when it
-    reproduces the step, else (or with LOOPS_TORCH_REPLAY=fx) as FX code."""
+    reproduces the step, else (or with LOOPS_TORCH_REPLAY=fx, or when the
+    state is over TORCHSCRIPT_MAX_STATE_BYTES: its memory peak) as FX code."""
     import torch
+
+    from loops.backends.torch import capture
 
     if replay == "fx":
         monkeypatch.setenv("LOOPS_TORCH_REPLAY", "fx")
+    if replay == "large_state":  # this model's state (~440 bytes) counts as large
+        monkeypatch.setattr(capture, "TORCHSCRIPT_MAX_STATE_BYTES", 256)
     rng = np.random.default_rng(4)
     x = rng.normal(size=(64, 6)).astype("float32")
     y = (x[:, :1] > 0).astype("int32")
@@ -243,4 +248,4 @@ def test_torch_replay_executors_match_eager(monkeypatch, replay):
     assert len(graphs) == 1
     if replay == "fx" or not torch.cuda.is_available():
         # (on CUDA the executor race may keep FX code: it measured faster on an H200)
-        assert isinstance(graphs[0], torch.fx.GraphModule) == (replay == "fx")
+        assert isinstance(graphs[0], torch.fx.GraphModule) == (replay != "torchscript")
