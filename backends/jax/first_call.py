@@ -69,7 +69,11 @@ def forward_only(pure: Callable[..., Any], *args: Any) -> tuple[Any, list[Any], 
     build, so the gradients' shapes are all that matters; the differentiation
     itself is traced once, by ``jax.jit``. (Half the cost of the checks'
     trace: forward with tangents, then a second forward trace for liveness.)"""
-    closed, shape = jax.make_jaxpr(pure, return_shape=True)(*args)
+    _tracing.abstract = False  # a value_and_grad inside (second order) differentiates for real
+    try:
+        closed, shape = jax.make_jaxpr(pure, return_shape=True)(*args)
+    finally:
+        _tracing.abstract = True
     out = jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *jax.tree_util.tree_leaves(args))
     out = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), out)
     zeros = lambda t: jax.numpy.zeros(np.shape(t), jax.numpy.result_type(t))  # noqa: E731
