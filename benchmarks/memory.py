@@ -154,7 +154,8 @@ def run_arm(arm: str, n: int, features: int = FEATURES) -> dict[str, Any]:
         elif backend == "tensorflow":
             native = _native.tf_model_arm(model, batches)
         else:
-            native = _native.torch_net_arm(_torch_twin(model), batches)
+            spec = (("dense", WIDTH, "relu"), ("dense", CLASSES, None))  # the same MLP in torch.nn
+            native = _native.torch_net_arm(_workloads.torch_module(spec, model.get_weights()), batches)
         phase("fit", lambda: native.run(1))
         out["loss"] = float(np.asarray(native.sync(native.step(native.batches[0])["loss"])))
         return out
@@ -173,19 +174,6 @@ def run_arm(arm: str, n: int, features: int = FEATURES) -> dict[str, Any]:
     preds = phase("predict", lambda: fitter.predict(x, batch_size=BATCH, verbose=0))
     out["predict_shape"] = list(np.shape(preds))
     return out
-
-
-def _torch_twin(model: Any) -> Any:
-    """The MLP as ``torch.nn`` with the Keras weights (Keras kernels are (in, out))."""
-    import torch
-
-    net = torch.nn.Sequential(torch.nn.Linear(model.layers[0].kernel.shape[0], WIDTH), torch.nn.ReLU(),
-                              torch.nn.Linear(WIDTH, CLASSES))
-    with torch.no_grad():
-        for linear, layer in zip((net[0], net[2]), model.layers):
-            linear.weight.copy_(torch.as_tensor(layer.kernel.numpy().T))
-            linear.bias.copy_(torch.as_tensor(layer.bias.numpy()))
-    return net
 
 
 def verdict(a: float | None, b: float | None) -> str:

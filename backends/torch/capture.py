@@ -53,9 +53,8 @@ _HOST_READS = {_aten._local_scalar_dense.default, _aten.item.default, _aten.is_n
                _aten.equal.default}
 
 _state = threading.local()
-# Above this much state the FX graph replays: TorchScript's trace and first runs hold every intermediate
-# (a one-time peak ~5-7x the state: +22 MB at 3.2 MB, +226 MB at 48 MB) for a gain that shrinks (12%, 4%).
-TORCHSCRIPT_MAX_STATE_BYTES = 8 * 2**20
+TORCHSCRIPT_MAX_STATE_BYTES = 8 * 2**20  # above it the FX graph replays (see _torchscript)
+
 
 def capturing() -> bool:
     """True while a step is being captured on this thread."""
@@ -104,8 +103,9 @@ def _torchscript(graph: Any, tensors: list[Any], inputs: list[Any]) -> Callable[
     the FX graph's generated Python, on the tiny MLP ~30%. ``torch.jit.trace``
     is deprecated (torch 2.13 says so), so this is an executor, not a
     dependency: where it is missing, fails, or does not reproduce the
-    captured step, or the state is large, the FX graph runs instead.
-    ``LOOPS_TORCH_REPLAY=fx`` turns it off."""
+    captured step, or the state is over 8 MB (the trace and first runs hold
+    every intermediate: a one-time peak of ~5-7x the state, +226 MB at 48 MB
+    for a 4% gain), the FX graph runs. ``LOOPS_TORCH_REPLAY=fx`` turns it off."""
     if os.environ.get("LOOPS_TORCH_REPLAY", "").lower() == "fx" or not hasattr(torch.jit, "trace") \
             or sum(t.numel() * t.element_size() for t in tensors) > TORCHSCRIPT_MAX_STATE_BYTES:
         return None
