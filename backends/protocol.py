@@ -245,6 +245,16 @@ class Backend(Protocol):
         """The context every step runs in (torch: ``no_grad``)."""
         ...
 
+    def checks_only(self) -> AbstractContextManager[None]:
+        """The context of the loop's discarded eager first step (its checks):
+        where the engine can tell which targets a loss reaches without
+        differentiating, an outermost ``value_and_grad`` inside returns zeros
+        for those (``None`` for the rest) and skips the backward pass (torch:
+        from the autograd graph). Nested calls differentiate (an outer loss
+        may be built from their gradients). A no-op elsewhere (tensorflow; jax
+        gets the same from ``trace_only``)."""
+        ...
+
     def resolve_jit_compile(self, value: bool | str) -> bool:
         """``"auto"`` to a bool, as Keras resolves it for this engine."""
         ...

@@ -174,3 +174,106 @@ def test_prediction_summary_ignores_non_finite_values_and_nan_rows() -> None:
     assert traps._summary(np.full((2, 3), np.nan, np.float32))[2:] == (0, np.inf, -np.inf)
     wide = np.zeros((4, 3, traps.SAMPLE_VALUES // 2), np.float32)
     assert tuple(keras.ops.convert_to_numpy(traps._sample(keras.ops.convert_to_tensor(wide))).shape) == (2, wide.shape[-1])
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's eager first step skips its backward pass (checks_only); "
+                                               "jax traces it forward only, tensorflow's tape differentiates")
+def test_torch_first_step_runs_no_backward_pass() -> None:
+    import torch
+
+    calls = {"forward": 0, "backward": 0}
+
+    class Count(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+            calls["forward"] += x.device.type != "meta"  # (not the symbolic build's call)
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+            calls["backward"] += 1
+            return grad
+
+    class Counted(keras.layers.Layer):
+        def call(self, x: object) -> object:
+            return Count.apply(x)
+
+    x, y = _data(16)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Dense(8, activation="relu"), Counted(), keras.layers.Dense(4)])
+    _trainer(model).fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert calls == {"forward": 2, "backward": 1}  # the checks' forward, then the real step
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch engine's reachability walk")
+def test_torch_reachability_matches_autograd() -> None:
+    import torch
+
+    from loops.backends.torch import _reached
+
+    used, unused, frozen = (torch.randn(3, requires_grad=True) for _ in range(3))
+    x = torch.randn(3, requires_grad=True)  # an input leaf
+    hidden = used * x  # a non-leaf target
+    detached = (unused * 2).detach()
+    loss = (hidden.exp() + detached + frozen.detach()).sum()
+    targets = [used, unused, frozen, x, hidden]
+    want = [g is not None for g in torch.autograd.grad(loss, targets, allow_unused=True)]
+    assert _reached(loss, targets) == want == [True, False, False, True, True]
+
+
+class _ReadsItsGradients(loops.Trainer):
+    """A step that reads its gradients' values and fails on zero ones (the
+    checks' zero gradients on torch): its first step is differentiated after all."""
+
+    def train_step(self, batch: object) -> dict[str, object]:
+        x, y = batch  # type: ignore[misc]
+        loss, grads = self.value_and_grad(lambda: self.compute_loss(x, y, self.model(x, training=True)),
+                                          self.model.trainable_variables)
+        norm = float(keras.ops.convert_to_numpy(keras.ops.sqrt(sum(keras.ops.sum(g * g) for g in grads))))
+        if norm == 0.0:
+            raise ZeroDivisionError("the step normalises by the gradient's norm")
+        self.optimizer.apply([g / norm for g in grads], self.model.trainable_variables)
+        return {"loss": loss}
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_a_step_that_needs_real_gradients_in_its_first_call_trains(built: bool) -> None:
+    """(Unbuilt, its building pass fails too: it lists no variables before the model is built.)"""
+    x, y = _data()
+    model = _model()
+    if built:
+        model(x[:1])
+    t = _ReadsItsGradients(model, keras.optimizers.SGD(0.1),
+                           keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
+    t.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    # Against the same updates written out by hand.
+    reference = _model()
+    reference(x[:1])  # built: its variables exist
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for start in range(0, len(x), 16):
+        xb, yb = x[start:start + 16], y[start:start + 16]
+        if BACKEND == "torch":
+            import torch
+
+            with torch.enable_grad():
+                loss = ce(yb, reference(xb))
+                grads = torch.autograd.grad(loss, [v.value for v in reference.trainable_variables])
+            grads = [g.detach().numpy() for g in grads]
+        elif BACKEND == "tensorflow":
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                loss = ce(yb, reference(xb))
+            grads = [g.numpy() for g in tape.gradient(loss, reference.trainable_variables)]
+        else:
+            import jax
+
+            def pure(values: list[object]) -> object:
+                return ce(yb, reference.stateless_call(values, [], xb)[0])
+
+            grads = [np.asarray(g) for g in jax.grad(pure)([v.value for v in reference.trainable_variables])]
+        norm = float(np.sqrt(sum(np.sum(g * g) for g in grads)))
+        for v, g in zip(reference.trainable_variables, grads):
+            v.assign(keras.ops.convert_to_numpy(v.value) - 0.1 * g / norm)
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -279,6 +279,10 @@ def step_context() -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
+def checks_only() -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()  # (trace_only's trace is forward only already)
+
+
 def resolve_jit_compile(value: bool | str) -> bool:
     # As Keras: JAX compiles by default.
     return True if value == "auto" else bool(value)

@@ -143,6 +143,10 @@ def step_context() -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
+def checks_only() -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()  # (a tape cannot tell what it reaches without differentiating)
+
+
 def resolve_jit_compile(value: bool | str) -> bool:
     if value != "auto":
         return bool(value)

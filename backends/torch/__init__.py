@@ -16,7 +16,7 @@ import contextlib
 import functools
 import os
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -126,6 +126,11 @@ def value_and_grad(
     if not loss.requires_grad:
         return out, [None] * len(targets)
     nested = depth > 0
+    if not nested and getattr(_nesting, "checks_only", False):
+        # The discarded first step: which targets the loss reaches, from its
+        # graph; no backward pass (its results would be thrown away).
+        reached = _reached(loss, targets)
+        return out, [torch.zeros_like(t) if r else None for t, r in zip(targets, reached)]
     grads: list[Any] = list(torch.autograd.grad(
         loss,
         targets,
@@ -136,6 +141,37 @@ def value_and_grad(
     if not nested:  # data parallel: the global batch's gradient (DDP's all-reduce)
         grads[:len(variables)] = _dp.mean_gradients(grads[:len(variables)])
     return out, grads
+
+
+def _reached(loss: Any, targets: Sequence[Any]) -> list[bool]:
+    """Which of ``targets`` ``loss``'s autograd graph reaches: those
+    ``torch.autograd.grad(..., allow_unused=True)`` gives a gradient (a leaf
+    through its ``AccumulateGrad`` node, a non-leaf through its ``grad_fn``)."""
+    leaves: set[int] = set()
+    nodes: set[Any] = set()
+    stack, seen = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nodes.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad: the leaf it feeds
+        if variable is not None:
+            leaves.add(id(variable))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return [(t.grad_fn in nodes) if t.grad_fn is not None else id(t) in leaves for t in targets]
+
+
+@contextlib.contextmanager
+def checks_only() -> Iterator[None]:
+    # value_and_grad above: the reached targets get zeros, nothing is differentiated
+    previous = getattr(_nesting, "checks_only", False)
+    _nesting.checks_only = True
+    try:
+        yield
+    finally:
+        _nesting.checks_only = previous
 
 
 def traces(eager: bool, jit_compile: bool) -> bool:

@@ -177,8 +177,15 @@ class StepsMixin(StateMixin):
         self._building = True
         try:
             with self._engine.step_context(), keras.StatelessScope():
-                if not (abstract and self._engine.trace_only(step, batch)):
-                    step(batch)
+                try:
+                    if not (abstract and self._engine.trace_only(step, batch)):
+                        step(batch)
+                except Exception:
+                    # The step failed on this pass's stand-ins (zero gradients; no
+                    # variables yet when it listed them): built is all it is for,
+                    # and the checked first step runs it again on the real ones.
+                    if self._unbuilt():
+                        raise
         finally:
             self._building = False
             for opt in optimizers:
@@ -186,12 +193,15 @@ class StepsMixin(StateMixin):
         self._metrics_cache = None
 
     def _first_step(self, step: Callable[[Any], Any], batch: Any, kind: str = "train",
-                    abstract: bool = False) -> bool:
+                    abstract: bool = False, forward_only: bool = False) -> bool:
         """Runs ``step`` once with every state change discarded: eagerly, or
         with ``abstract`` only traced where the engine can (``trace_only``;
         jax, whose eager step costs more than compiling the step). Returns
         whether it was only traced: the checks on values (label ranges,
-        ``from_logits``) then go into the compiled step's first call.
+        ``from_logits``) then go into the compiled step's first call. With
+        ``forward_only`` an eager run skips the backward pass where the engine
+        can (``checks_only``: torch); a step that fails on the zero gradients
+        it then gets runs again, differentiated.
 
         It builds whatever is still unbuilt (model, compiled metrics, any
         optimizer, whose variables exist only after ``build``) before the state
@@ -211,9 +221,10 @@ class StepsMixin(StateMixin):
         for opt in optimizers:
             opt.apply = _build_only(opt, outside_trace=self._engine.outside_trace)  # shadows the method
         self._in_first_step = True
-        traced = False
-        try:
-            with self._engine.step_context(), _RecordingScope() as scope:
+
+        def attempt(zero_grads: bool) -> tuple[bool, _RecordingScope, list[keras.Variable]]:
+            checks = self._engine.checks_only() if zero_grads else contextlib.nullcontext()
+            with self._engine.step_context(), checks, _RecordingScope() as scope:
                 try:
                     traced = abstract and self._engine.trace_only(step, batch)
                     if not traced:
@@ -222,7 +233,16 @@ class StepsMixin(StateMixin):
                     if "create a variable while in a stateless scope" in str(e):
                         raise ValueError(_CREATED_IN_STEP.format(names="(one from a value)")) from e
                     raise
-                created = pending_variables()
+                return traced, scope, pending_variables()
+
+        try:
+            try:
+                traced, scope, created = attempt(forward_only)
+            except Exception:
+                if not forward_only:
+                    raise
+                # (a step that cannot take zero gradients: a Cholesky of their outer product)
+                traced, scope, created = attempt(False)
         finally:
             self._in_first_step = False
             for opt in optimizers:
@@ -274,7 +294,8 @@ class StepsMixin(StateMixin):
                 # value checks' outputs cannot leave: that first step runs eagerly)
                 looped = self.steps_per_execution > 1 and kind != "predict"
                 value_checks[0] = self._first_step(step, self._engine.to_native(sample), kind,
-                                                   abstract=not eager and jit and not looped)
+                                                   abstract=not eager and jit and not looped,
+                                                   forward_only=True)
             except Exception as e:
                 _checks.explain_string_inputs(sample, e)  # raises a clear error if strings were the cause
                 raise
