@@ -277,3 +277,32 @@ def test_a_step_that_needs_real_gradients_in_its_first_call_trains(built: bool) 
             v.assign(keras.ops.convert_to_numpy(v.value) - 0.1 * g / norm)
     for a, b in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the torch engine's forward-only checks")
+def test_torch_checks_forward_keeps_no_activations() -> None:
+    import gc
+    import weakref
+
+    import torch
+
+    from loops.backends import torch as engine
+
+    v = keras.Variable(np.eye(4, dtype="float32"))
+    x = torch.ones(2, 4)
+    kept: list[object] = []
+
+    def loss_fn() -> object:
+        hidden = torch.relu(x @ v.value)  # saved by the next matmul for its backward
+        kept.append(weakref.ref(hidden))
+        return (hidden @ v.value).sum()
+
+    gc.disable()  # (a reference cycle must not be what frees it)
+    try:
+        with torch.no_grad(), engine.checks_only():
+            loss, grads = engine.value_and_grad(loss_fn, [v], has_aux=False, state=[v])
+        assert kept[0]() is None  # the graph that is never run backward holds no activation
+    finally:
+        gc.enable()
+    assert loss.grad_fn is not None and float(loss) == 8.0
+    assert [float(g.abs().sum()) for g in grads] == [0.0]  # reached: zeros, nothing differentiated

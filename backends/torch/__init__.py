@@ -116,9 +116,16 @@ def value_and_grad(
     inputs = [t if t.requires_grad else t.detach().requires_grad_(True) for t in inputs]
     targets = [v.value for v in variables] + inputs
     depth = getattr(_nesting, "depth", 0)
+    checks_only = getattr(_nesting, "checks_only", False)
+    # The checks' forward-only pass records the graph's structure, not the
+    # tensors a backward pass would read (the activations: none are kept, and
+    # pytree's reference cycles would hold them until gc); a nested call
+    # differentiates, with its own tensors.
+    saved = (torch.autograd.graph.saved_tensors_hooks(_nothing, _nothing) if checks_only and depth == 0 else
+             torch.autograd.graph.saved_tensors_hooks(_same, _same) if checks_only else contextlib.nullcontext())
     _nesting.depth = depth + 1
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), saved:
             out = fn(*inputs)
     finally:
         _nesting.depth = depth
@@ -126,7 +133,7 @@ def value_and_grad(
     if not loss.requires_grad:
         return out, [None] * len(targets)
     nested = depth > 0
-    if not nested and getattr(_nesting, "checks_only", False):
+    if not nested and checks_only:
         # The discarded first step: which targets the loss reaches, from its
         # graph; no backward pass (its results would be thrown away).
         reached = _reached(loss, targets)
@@ -141,6 +148,14 @@ def value_and_grad(
     if not nested:  # data parallel: the global batch's gradient (DDP's all-reduce)
         grads[:len(variables)] = _dp.mean_gradients(grads[:len(variables)])
     return out, grads
+
+
+def _nothing(value: Any) -> None:
+    return None
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _reached(loss: Any, targets: Sequence[Any]) -> list[bool]:
