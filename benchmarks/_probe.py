@@ -208,7 +208,7 @@ def install_torch_capture(timers: Timers) -> None:
     timers.wrap(graph_passes, "simplify", "graph_simplify")
     timers.wrap(graph_passes, "relayout", "graph_relayout")
     timers.wrap(capture, "_torchscript", "torchscript_trace")
-    timers.wrap(capture, "_faster", "executor_race")
+    timers.wrap(capture, "_best_times", "executor_race")
     timers.wrap(capture.CapturedStep, "_reproduces",
                 lambda graph, *a, **k: "reproduce_fx" if isinstance(graph, torch.fx.GraphModule) else "reproduce_ts")
     if hasattr(capture, "copy"):

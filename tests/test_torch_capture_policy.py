@@ -77,7 +77,8 @@ def test_a_long_fit_runs_its_first_call_eagerly_then_captures_with_eager_results
                                      validation_data=_data(16, seed=2), callbacks=[graphs]).history)
         weights.append(trainer.model.get_weights())
         if not eager:
-            assert graphs.seen == [0] + [1] * 15  # captured at the second of 16 calls
+            # captured at the third of 16 calls (the second is timed past the first's warm-up)
+            assert graphs.seen == [0, 0] + [1] * 14
             assert trainer.trace_counts == {"train": 1, "test": 0}  # 2 x 2 validation calls: eager
     for key in histories[0]:
         np.testing.assert_allclose(histories[0][key], histories[1][key], rtol=1e-6, atol=1e-7, err_msg=key)
@@ -164,3 +165,23 @@ def test_a_rare_signature_is_expected_to_take_its_share_of_the_plan(small_thresh
 
     assert captured_at(60) is None  # 40 calls left at the ragged batch's 2nd call: ~4 of them its
     assert captured_at(600) == 20
+
+
+def test_a_graph_that_replays_slower_than_the_eager_step_is_dropped(small_threshold, monkeypatch):
+    """On CPU a new graph is kept only where its replay beats the eager step
+    (KEEP_BELOW; a long unrolled recurrence loses); dropped, the signature runs
+    eagerly from then on, with the eager results."""
+    from loops.backends.torch import policy
+
+    monkeypatch.setattr(policy, "KEEP_BELOW", 0.0)  # no replay is fast enough
+    x, y = _data(64)
+    trainer, reference = _trainer(), _trainer(eager=True)
+    graphs = Graphs(trainer)
+    got = trainer.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[graphs]).history
+    want = reference.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0).history
+    assert graphs.seen == [0] * 16
+    assert trainer.trace_counts == {"train": 0}  # (the capture was the third call's step; no graph kept)
+    assert trainer._runner.captured["train"].policy.stay_eager  # decided once, not re-captured
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6, atol=1e-7)
+    for a, b in zip(trainer.model.get_weights(), reference.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

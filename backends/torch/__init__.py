@@ -164,12 +164,11 @@ def _reached(loss: Any, targets: Sequence[Any]) -> list[bool]:
     through its ``AccumulateGrad`` node, a non-leaf through its ``grad_fn``)."""
     leaves: set[int] = set()
     nodes: set[Any] = set()
-    stack, seen = [loss.grad_fn], set()
+    stack = [loss.grad_fn]
     while stack:
         node = stack.pop()
-        if node is None or node in seen:
+        if node is None or node in nodes:
             continue
-        seen.add(node)
         nodes.add(node)
         variable = getattr(node, "variable", None)  # AccumulateGrad: the leaf it feeds
         if variable is not None:

@@ -4,25 +4,22 @@ Keras layers, losses, metrics and optimizers cost far more Python per call on
 torch than the tensor work they do (a Dense layer's ``__call__`` is ~50 µs of
 bookkeeping around one matmul). jax and tensorflow trace that Python once and
 then run a graph; this module gives torch the same: one call for each input
-signature (when, ``policy.py`` decides: not the first, which runs eagerly)
-runs under ``make_fx`` (the tracer AOTAutograd is built on), which records
-every aten operation the step performs, forward, backward
-(``torch.autograd.grad`` dispatches its ops through the tracer) and the
-optimizer's in-place updates alike. Later calls replay that graph on the
-variables' live tensors: no Keras Python runs, the updates land in place, as
-in eager mode. It is not ``torch.compile``: nothing is generated or fused, so
-capture takes a fraction of a second and the replay runs the ops eager mode
-runs (less ``detach``, folded constants and dead ops; and, where a replay
-from the step's starting state shows the same results, without Keras's
-memory-format copies around convolutions and pools).
+signature (when, ``policy.py`` decides: not the first) runs under ``make_fx``
+(the tracer AOTAutograd is built on), which records every aten operation the
+step performs, forward, backward and the optimizer's in-place updates alike.
+Later calls replay that graph on the variables' live tensors: no Keras
+Python runs, the updates land in place, as in eager mode. It is not
+``torch.compile``: nothing is generated or fused; the replay runs the ops
+eager mode runs (less ``detach``, folded constants and dead ops; and, where
+a replay from the step's starting state shows the same results, without
+Keras's memory-format copies around convolutions and pools).
 
 What a graph cannot hold is a value the step reads back into Python
 (``.item()``, ``bool(t)``, ``.numpy()``: a Python ``if`` on a tensor, a
 Keras ``SeedGenerator`` seeding a ``torch.Generator``). The capture stops at
 the first such read, restores the variables and torch's RNG, and that step
-then runs eagerly for good (a warning names the read).
-
-The capturing call is itself the step: its updates are the real ones.
+then runs eagerly for good (a warning names the read). The capturing call is
+itself the step: its updates are the real ones.
 """
 
 from __future__ import annotations
@@ -73,8 +70,7 @@ class _RefuseHostReads(TorchDispatchMode):
 
 
 class _NoTensorExport:
-    """``Tensor.numpy()`` / ``.tolist()`` read memory without dispatching an
-    op, so the dispatch mode cannot see them: refused while capturing."""
+    """``Tensor.numpy()`` / ``.tolist()`` dispatch no op: refused while capturing."""
 
     names = ("numpy", "tolist", "__array__")
 
@@ -126,48 +122,45 @@ def _torchscript(graph: Any, tensors: list[Any], inputs: list[Any]) -> Callable[
     return run
 
 
-def _faster(a: Callable[..., Any], b: Callable[..., Any], state: list[Any], inputs: list[Any],
-            runs: int = 3, budget_s: float = 0.5) -> bool:
-    """Whether ``a`` runs the step faster than ``b`` (best of ``runs`` each,
-    interleaved, on copies of the state; the RNG is put back). TorchScript's
-    interpreter wins on small ops (MLPs: ~12%) and loses on convolution
-    graphs with channels-last views (~12% on the benchmark CNN), so the
-    executor is measured rather than assumed. A step slower than
-    ``budget_s`` is compute-bound: the executor hardly matters, ``b`` stays."""
+def _best_times(fns: Sequence[Callable[..., Any]], state: list[Any], inputs: list[Any], runs: int = 3,
+                budget_s: float = 0.5) -> list[float]:
+    """Each replay's best time over ``runs`` runs (interleaved, on copies of
+    the state; the RNG is put back). TorchScript's interpreter wins on small
+    ops (MLPs: ~12%) and loses on convolution graphs with channels-last views
+    (~12% on the benchmark CNN), and a replay can lose to the eager step (a
+    long recurrence), so the executors are measured rather than assumed. A
+    step over ``budget_s`` ends the race (compute-bound). A failing one: inf."""
     scratch = [t.detach().clone() for t in state]
-    best = {id(a): float("inf"), id(b): float("inf")}
-    try:
-        with _trial_run():
-            for _ in range(runs):
-                for fn in (a, b):
-                    start = time.perf_counter()
+    best = [float("inf")] * len(fns)
+    with _trial_run():
+        for _ in range(runs):
+            for i, fn in enumerate(fns):
+                start = time.perf_counter()
+                try:
                     out = fn(scratch, inputs)
-                    for leaf in pytree.tree_leaves(out):  # waits for the device, where there is one
-                        if isinstance(leaf, torch.Tensor) and leaf.is_cuda:
-                            torch.cuda.synchronize(leaf.device)
-                            break
-                    best[id(fn)] = min(best[id(fn)], time.perf_counter() - start)
-                    if best[id(fn)] > budget_s:
-                        return False
-    except Exception:  # noqa: BLE001 - a failing executor is not faster
-        return False
-    return best[id(a)] < best[id(b)]
+                except Exception:  # noqa: BLE001 - a failing executor is not faster
+                    best[i] = float("inf")
+                    return best
+                for leaf in pytree.tree_leaves(out):  # waits for the device, where there is one
+                    if isinstance(leaf, torch.Tensor) and leaf.is_cuda:
+                        torch.cuda.synchronize(leaf.device)
+                        break
+                best[i] = min(best[i], time.perf_counter() - start)
+                if best[i] > budget_s:
+                    return best
+    return best
 
 
 class _CapturableKeras:
     """Keras torch functions that read values, replaced while capturing by
     equivalents a graph can hold (other threads and eager steps get the
-    originals):
-
-    - ``keras.ops.cond``: Keras's torch version is a Python ``if`` on the
-      predicate. When neither branch writes state (a learning-rate schedule's
-      warm-up, a loss's case split) both are computed and the results
-      selected with ``torch.where``, as XLA lowers a small ``cond``. A branch
-      that assigns variables (gradient accumulation, loss scaling) cannot be
-      selected after the fact: the step runs eagerly.
-    - ``torch.nn.functional.one_hot``: torch checks the labels' range with
-      two value reads; a comparison with ``arange`` builds the same matrix.
-    """
+    originals). ``keras.ops.cond`` (a Python ``if`` on the predicate on
+    torch): when neither branch writes state (a learning-rate warm-up, a
+    loss's case split) both are computed and selected with ``torch.where``,
+    as XLA lowers a small ``cond``; a branch that assigns variables (gradient
+    accumulation, loss scaling) cannot be selected after the fact: the step
+    runs eagerly. ``one_hot``: torch checks the labels' range with two value
+    reads; a comparison with ``arange`` builds the same matrix."""
 
     def __init__(self, tensors: Sequence[Any]):
         self.tensors = tensors
@@ -255,7 +248,7 @@ class CapturedStep:
         graph = self.graphs.get(key)
         if graph is None:
             if not self.policy.capture(key):
-                return self._eager(batch)
+                return self._eager(batch, key)
             if len(self.graphs) >= MAX_GRAPHS:
                 return self._too_many(batch)
             return self._capture(key, batch, leaves, spec, [v._value for v in self.variables])
@@ -271,9 +264,13 @@ class CapturedStep:
                 "new shapes would be slower captured). Pad or bucket inputs to a few shapes.", stacklevel=4)
         return self._eager(batch)
 
-    def _eager(self, batch: Any) -> Any:
+    def _eager(self, batch: Any, key: Any = None) -> Any:
+        start = time.perf_counter()
         with torch.no_grad():
-            return self.fn(batch)
+            out = self.fn(batch)
+        if key is not None and not any(v._value.is_cuda for v in self.variables[:1]):
+            self.policy.timed(key, time.perf_counter() - start)  # (on a GPU: the launch, not the step)
+        return out
 
     def _capture(self, key: Any, batch: Any, leaves: list[Any], spec: Any, tensors: list[Any]) -> Any:
         positions = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor)]
@@ -335,10 +332,12 @@ class CapturedStep:
         if graph_passes.relayout(candidate) and self._reproduces(candidate, saved, rng, inputs, outputs[-1], tensors):
             graph = candidate
         replay: Callable[[list[Any], list[Any]], Any] = graph
+        if not self.policy.keep(key, _best_times([graph], saved, inputs, runs=2)[0]):
+            return outputs[-1]  # slower than its eager step: eager for good (no TorchScript trace either)
         executor = _torchscript(graph, tensors, inputs)
-        if executor is not None and self._reproduces(executor, saved, rng, inputs, outputs[-1], tensors) \
-                and _faster(executor, graph, saved, inputs):
-            replay = executor
+        if executor is not None and self._reproduces(executor, saved, rng, inputs, outputs[-1], tensors):
+            times = _best_times([executor, graph], saved, inputs)
+            replay = executor if times[0] < times[1] else graph
         self.graphs[key] = replay
         if self.on_trace is not None:
             self.on_trace(batch)

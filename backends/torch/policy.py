@@ -21,8 +21,19 @@ eager step and a replay at every later call. So, per input signature:
   runs, so a loop of short runs (``train_on_batch`` in a custom loop) is
   captured too.
 
-Every decision depends on call counts only, never on timings: the same run
-takes the same eager and captured calls, so its numbers are reproducible.
+One rule reads timings (on CPU; on a GPU an eager step's time without a
+sync is its launch, so there only the counts decide): a new graph whose
+replay is not faster than the fastest eager call of its signature past the
+first (by ``KEEP_BELOW``) is dropped, before any TorchScript trace, and the
+signature runs eagerly from then on. Measured (``benchmarks/workloads_real``,
+full size, 2 CPU cores): an LSTM of 256 units over 64 steps, batch 64, runs
+166 ms a step eagerly; its graph (the recurrence unrolled into small ops)
+replayed at 384 ms, and the TorchScript trace took 4.4 s and 3.6 GB more on
+top of the capture's 3.9 s and 1 GB. Time alone cannot tell beforehand: the
+ResNet's eager step is slow too, and its graph (without Keras's layout
+copies) replays 1.8x faster. Whether a call replays or runs eagerly does not
+change its numbers: both run the same aten ops (TorchScript's replay is kept
+only where it reproduces the step).
 
 ``LOOPS_TORCH_CAPTURE`` overrides it: ``first`` captures at every signature's
 first call (the behaviour before this policy), ``never`` runs every call
@@ -49,6 +60,7 @@ from typing import Any
 # a run of 100-600 calls captures at a loss (worst, 100 calls of the BiGRU:
 # 3.3 s of capture against 0.8 s eagerly); from ~650 calls on they win.
 CAPTURE_AFTER = 100
+KEEP_BELOW = 0.95  # a replay is kept when it takes at most this share of the eager step
 
 MODES = ("auto", "first", "never")
 
@@ -69,6 +81,9 @@ class Policy:
         self.remaining: int | None = None  # calls the current run still plans (None: unknown)
         self.calls = 0  # calls made, every signature
         self.eager: dict[Any, int] = {}  # eager calls per signature not captured yet
+        self.eager_s: dict[Any, float] = {}  # the fastest eager call per signature but its first (CPU)
+        self.warmed: set[Any] = set()  # signatures timed once (their first call: kernels warming up)
+        self.stay_eager: set[Any] = set()  # signatures a graph would not speed up
 
     def expect(self, calls: int | None) -> None:
         """A run starts that plans ``calls`` calls (None: unknown)."""
@@ -85,11 +100,32 @@ class Policy:
         captured; if not, it is counted as one more eager call of it."""
         if self.mode != "auto":
             return self.mode == "first"
+        if key in self.stay_eager:
+            return False
         eager = self.eager.get(key, 0)
+        if key in self.warmed and key not in self.eager_s:
+            self.eager[key] = eager + 1  # one more eager call first: a time past the warm-up
+            return False
         if eager and (eager >= CAPTURE_AFTER or self._planned(eager) >= CAPTURE_AFTER):
             del self.eager[key]
             return True
         self.eager[key] = eager + 1
+        return False
+
+    def timed(self, key: Any, seconds: float) -> None:
+        """An eager call of ``key`` took ``seconds`` (the first is not counted)."""
+        if key not in self.warmed:
+            self.warmed.add(key)
+            return
+        self.eager_s[key] = min(seconds, self.eager_s.get(key, seconds))
+
+    def keep(self, key: Any, replay_s: float) -> bool:
+        """Whether ``key``'s new graph, replaying in ``replay_s``, is kept
+        (without eager timings, as under ``first``: yes)."""
+        eager_s = self.eager_s.get(key)
+        if eager_s is None or replay_s <= KEEP_BELOW * eager_s:
+            return True
+        self.stay_eager.add(key)
         return False
 
     def _planned(self, eager: int) -> float:
