@@ -200,8 +200,7 @@ class _CapturableKeras:
 
 
 def _where_in_user_code(error: BaseException) -> tuple[str, bool]:
-    """Where the read is (the innermost frame outside torch, Keras and this
-    module), and whether it is a Keras random op's."""
+    """Where the read is (innermost frame outside torch and Keras); whether a Keras random op's."""
     frames = traceback.extract_tb(error.__traceback__)
     paths = [frame.filename.replace("\\", "/") for frame in frames]
     from_random = any("/keras/src/random/" in path for path in paths)
@@ -216,9 +215,8 @@ MAX_GRAPHS = 8
 
 class CapturedStep:
     """``step(batch)`` that captures ``fn`` on an input signature when the
-    policy says so (``policy.py``: not at its first call, unless
-    ``LOOPS_TORCH_CAPTURE=first``) and replays the graph; runs ``fn`` itself
-    (eagerly) before that, and where it cannot capture."""
+    policy says so (``policy.py``) and replays the graph; runs ``fn`` itself
+    (eagerly) before that, and where it cannot capture or a graph is slower."""
 
     def __init__(self, fn: Callable[[Any], Any], variables: Sequence[keras.Variable],
                  on_trace: Callable[[Any], None] | None = None):
