@@ -150,7 +150,7 @@ def value_and_grad(
     return out, grads
 
 
-def _nothing(value: Any) -> None:
+def _nothing(value: Any) -> Any:
     return None
 
 
