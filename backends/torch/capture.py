@@ -227,6 +227,8 @@ class CapturedStep:
         self.policy = Policy()
         self.eager_reason: str | None = None  # set when capture failed: every call runs eagerly
         self.warned_too_many = False
+        # Eager calls are timed for the policy on CPU (on a GPU: the launch, not the step).
+        self.timed = not any(v._value.is_cuda for v in self.variables[:1])
 
     def expect(self, calls: int | None) -> None:
         """The run that starts plans ``calls`` calls of this step (None: unknown)."""
@@ -266,8 +268,8 @@ class CapturedStep:
         start = time.perf_counter()
         with torch.no_grad():
             out = self.fn(batch)
-        if key is not None and not any(v._value.is_cuda for v in self.variables[:1]):
-            self.policy.timed(key, time.perf_counter() - start)  # (on a GPU: the launch, not the step)
+        if key is not None and self.timed:
+            self.policy.timed(key, time.perf_counter() - start)
         return out
 
     def _capture(self, key: Any, batch: Any, leaves: list[Any], spec: Any, tensors: list[Any]) -> Any:
