@@ -30,7 +30,7 @@ ROWS = (
     ("tf_graph", "  ↳ trace: autograph conversion, graph building (rest)"),
     ("tf_autograph", "  ↳ (in the two rows above: autograph source conversion, once per function)"),
     ("tf_optimize", "  ↳ graph optimization (grappler), instantiation, first run (model.fit: + graph building)"),
-    ("capture_trace", "  ↳ make_fx capture (the real step)"),
+    ("capture_trace", "  ↳ make_fx trace (fake tensors)"),
     ("graph_passes", "  ↳ graph passes + deepcopy"),
     ("reproduce_fx", "  ↳ relayout reproduction check (throw-away run)"),
     ("torchscript", "  ↳ TorchScript trace (throw-away run)"),

@@ -200,15 +200,15 @@ def install_torch_capture(timers: Timers) -> None:
 
     import torch
 
-    from loops.backends.torch import capture, graph_passes
+    from loops.backends.torch import capture, executors, graph_passes
 
     timers.wrap(capture.CapturedStep, "_capture", "capture_total")
     timers.wrap(capture, "make_fx", "capture_make_fx",
                 result=lambda tracer: timers.timed(tracer, "capture_make_fx_run"))
     timers.wrap(graph_passes, "simplify", "graph_simplify")
     timers.wrap(graph_passes, "relayout", "graph_relayout")
-    timers.wrap(capture, "_torchscript", "torchscript_trace")
-    timers.wrap(capture, "_best_times", "executor_race")
+    timers.wrap(executors, "torchscript", "torchscript_trace")
+    timers.wrap(executors, "best_times", "executor_race")
     timers.wrap(capture.CapturedStep, "_reproduces",
                 lambda graph, *a, **k: "reproduce_fx" if isinstance(graph, torch.fx.GraphModule) else "reproduce_ts")
     if hasattr(capture, "copy"):

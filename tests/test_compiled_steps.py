@@ -220,19 +220,20 @@ def test_torch_stops_capturing_after_max_graphs_shapes(monkeypatch):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch's captured graph")
-@pytest.mark.parametrize("replay", ["torchscript", "fx", "large_state"])
+@pytest.mark.parametrize("replay", ["torchscript", "fx", "large_intermediates"])
 def test_torch_replay_executors_match_eager(monkeypatch, replay):
     """The captured graph replays through TorchScript's interpreter when it
     reproduces the step, else (or with LOOPS_TORCH_REPLAY=fx, or when the
-    state is over TORCHSCRIPT_MAX_STATE_BYTES: its memory peak) as FX code."""
+    step's intermediates are over TORCHSCRIPT_MAX_HELD_BYTES: its memory
+    peak) as FX code."""
     import torch
 
-    from loops.backends.torch import capture
+    from loops.backends.torch import executors
 
     if replay == "fx":
         monkeypatch.setenv("LOOPS_TORCH_REPLAY", "fx")
-    if replay == "large_state":  # this model's state (~440 bytes) counts as large
-        monkeypatch.setattr(capture, "TORCHSCRIPT_MAX_STATE_BYTES", 256)
+    if replay == "large_intermediates":  # this step's few kB count as large
+        monkeypatch.setattr(executors, "TORCHSCRIPT_MAX_HELD_BYTES", 256)
     rng = np.random.default_rng(4)
     x = rng.normal(size=(64, 6)).astype("float32")
     y = (x[:, :1] > 0).astype("int32")
@@ -249,3 +250,103 @@ def test_torch_replay_executors_match_eager(monkeypatch, replay):
     if replay == "fx" or not torch.cuda.is_available():
         # (on CUDA the executor race may keep FX code: it measured faster on an H200)
         assert isinstance(graphs[0], torch.fx.GraphModule) == (replay != "torchscript")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's captured graph")
+def test_torch_torchscript_only_where_its_one_time_peak_is_small():
+    """TorchScript's trace and first runs hold all of a step's intermediates
+    at once, so only graphs whose intermediates sum to at most
+    TORCHSCRIPT_MAX_HELD_BYTES get it: the memory benchmark's train step
+    (1024-256-10, batch 256) replays as FX code, its predict step through
+    TorchScript (on CPU)."""
+    import torch
+
+    from loops.backends.torch import executors
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 1024)).astype("float32")
+    y = rng.integers(0, 10, size=(512,)).astype("int32")
+    model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(256, activation="relu"),
+                              keras.layers.Dense(10)])
+    trainer = Trainer(model, keras.optimizers.Adam(1e-3),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer.fit(x, y, batch_size=256, epochs=1, verbose=0)
+    trainer.predict(x, batch_size=256, verbose=0)
+    (train,) = trainer._step_fns["train"].graphs.values()
+    (predict,) = trainer._step_fns["predict"].graphs.values()
+    assert isinstance(train, torch.fx.GraphModule)
+    # at least the hidden activations and the first kernel's gradient and Adam moments
+    assert executors.held_bytes(train) >= 4 * (256 * 256 + 3 * 1024 * 256)
+    assert executors.held_bytes(train) > executors.TORCHSCRIPT_MAX_HELD_BYTES
+    if not torch.cuda.is_available():
+        assert not isinstance(predict, torch.fx.GraphModule)  # the TorchScript runner
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's captured graph")
+def test_torch_step_the_trace_fails_on_runs_eagerly_with_a_warning(monkeypatch):
+    """A step the fake-tensor trace cannot run (an op without a shape
+    function, say) runs eagerly from then on, warned once, with the eager
+    step's numbers; it is not traced again at every call."""
+    from loops.backends.torch import capture
+
+    calls = []
+
+    def failing_make_fx(fn, *args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no fake kernel for this op\nmore lines")
+
+    x, y = _images(64)
+
+    def build(eager):
+        model = keras.Sequential([keras.Input((10, 10, 1)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
+                                  keras.layers.Dense(4)])
+        return Trainer(model, keras.optimizers.Adam(1e-2),
+                       keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=eager)
+
+    monkeypatch.setattr(capture, "make_fx", failing_make_fx)
+    with pytest.warns(UserWarning, match=r"could not capture this step as a graph \(RuntimeError: no fake kernel"):
+        compiled, eager = _twice(build, {"batch_size": 16, "epochs": 3}, (x, y))
+    _assert_same(compiled, eager, rtol=1e-6)
+    assert len(calls) == 1  # once, not at each of the 12 calls
+    assert compiled[0]._step_fns["train"].graphs == {}
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's captured graph")
+def test_torch_value_error_in_a_captured_batch_is_the_eager_error_with_the_eager_state():
+    """Fake tensors carry no values, so an index out of range shows only
+    when the new graph first runs on the real batch, here after the
+    optimizer's update: the graph's update is undone and the eager step
+    runs, raising torch's own error after its own update, as Keras's torch
+    loop does, so the weights are the eager run's (not updated twice)."""
+
+    class UpdateThenLookup(Trainer):
+        def __init__(self, run_eagerly):
+            super().__init__(run_eagerly=run_eagerly)
+            self.net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+            self.opt = keras.optimizers.SGD(0.1)
+
+        def train_step(self, batch):
+            x, idx = batch
+            loss, grads = self.value_and_grad(lambda: ops.mean(self.net(x) ** 2), self.net.trainable_variables)
+            self.opt.apply(grads, self.net.trainable_variables)
+            return {"loss": loss, "looked_up": ops.sum(ops.take(ops.arange(5.0), idx))}
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype("float32")
+    idx = np.zeros((40,), "int32")
+    idx[-3:] = 12  # out of range, in the ragged last batch (a new shape: captured at its first call)
+    weights, seen = [], []
+    for eager in (False, True):
+        keras.utils.set_random_seed(0)
+        trainer = UpdateThenLookup(eager)
+
+        class Count(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                seen.append(batch)
+
+        with pytest.raises(Exception, match="out of range"):
+            trainer.fit(x, idx, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[Count()])
+        weights.append(trainer.net.get_weights())
+    assert seen == [0, 1, 0, 1]
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -7,40 +7,46 @@ then run a graph; this module gives torch the same: one call for each input
 signature (when, ``policy.py`` decides: not the first) runs under ``make_fx``
 (the tracer AOTAutograd is built on), which records every aten operation the
 step performs, forward, backward and the optimizer's in-place updates alike.
-Later calls replay that graph on the variables' live tensors: no Keras
-Python runs, the updates land in place, as in eager mode. It is not
-``torch.compile``: nothing is generated or fused; the replay runs the ops
-eager mode runs (less ``detach``, folded constants and dead ops; and, where
-a replay from the step's starting state shows the same results, without
-Keras's memory-format copies around convolutions and pools).
+The trace runs on fake tensors standing in for the variables and the batch
+(``FakeTensorMode``: shapes and dtypes, no data), so it allocates nothing
+for the step's intermediates and changes no variable; the graph then runs
+once on the live tensors, and that run is the capturing call's step. Later
+calls replay it the same way: no Keras Python runs, the updates land in
+place, as in eager mode. It is not ``torch.compile``: nothing is generated
+or fused; the replay runs the ops eager mode runs (less ``detach``, folded
+constants and dead ops; and, where a replay from the step's starting state
+shows the same results, without Keras's memory-format copies around
+convolutions and pools).
 
 What a graph cannot hold is a value the step reads back into Python
 (``.item()``, ``bool(t)``, ``.numpy()``: a Python ``if`` on a tensor, a
 Keras ``SeedGenerator`` seeding a ``torch.Generator``). The capture stops at
-the first such read, restores the variables and torch's RNG, and that step
-then runs eagerly for good (a warning names the read). The capturing call is
-itself the step: its updates are the real ones.
+the first such read and that step then runs eagerly for good (a warning
+names the read); so does a step the trace or the graph's first run fails
+on, unless the eager step fails too: then its error is raised, as Keras's
+torch loop raises it (a label out of range, say, which fake tensors cannot
+see).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
 import re
 import threading
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import graph_passes
+from . import executors, graph_passes
+from .executors import rng_state as _rng_state, set_rng_state as _set_rng_state, trial_run as _trial_run
 from .policy import Policy
 
 _aten = torch.ops.aten
@@ -50,7 +56,6 @@ _HOST_READS = {_aten._local_scalar_dense.default, _aten.item.default, _aten.is_n
                _aten.equal.default}
 
 _state = threading.local()
-TORCHSCRIPT_MAX_STATE_BYTES = 8 * 2**20  # above it the FX graph replays (see _torchscript)
 
 
 def capturing() -> bool:
@@ -91,64 +96,6 @@ def _refuse(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         return original(self, *args, **kwargs)
 
     return method
-
-
-def _torchscript(graph: Any, tensors: list[Any], inputs: list[Any]) -> Callable[[list[Any], list[Any]], Any] | None:
-    """The graph as a TorchScript trace, or None. TorchScript's interpreter
-    runs the ops from C++: on the MLP benchmark the step is ~12% faster than
-    the FX graph's generated Python, on the tiny MLP ~30%. ``torch.jit.trace``
-    is deprecated (torch 2.13 says so), so this is an executor, not a
-    dependency: where it is missing, fails, or does not reproduce the
-    captured step, or the state is over 8 MB (the trace and first runs hold
-    every intermediate: a one-time peak of ~5-7x the state, +226 MB at 48 MB
-    for a 4% gain), the FX graph runs. ``LOOPS_TORCH_REPLAY=fx`` turns it off."""
-    if os.environ.get("LOOPS_TORCH_REPLAY", "").lower() == "fx" or not hasattr(torch.jit, "trace") \
-            or sum(t.numel() * t.element_size() for t in tensors) > TORCHSCRIPT_MAX_STATE_BYTES:
-        return None
-    try:
-        # Tracing runs the step once, on copies: its random draws must not count.
-        with _trial_run(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its deprecation notice, and tracer hints
-            with torch.no_grad():
-                scratch = tuple(t.detach().clone() for t in tensors)
-                traced = torch.jit.trace(lambda state, batch: graph(list(state), list(batch)),
-                                         (scratch, tuple(inputs)), check_trace=False, strict=False)
-    except Exception:  # noqa: BLE001 - any failure: keep the FX graph
-        return None
-
-    def run(state: list[Any], batch: list[Any]) -> Any:
-        return traced(tuple(state), tuple(batch))
-
-    return run
-
-
-def _best_times(fns: Sequence[Callable[..., Any]], state: list[Any], inputs: list[Any], runs: int = 3,
-                budget_s: float = 0.5) -> list[float]:
-    """Each replay's best time over ``runs`` runs (interleaved, on copies of
-    the state; the RNG is put back). TorchScript's interpreter wins on small
-    ops (MLPs: ~12%) and loses on convolution graphs with channels-last views
-    (~12% on the benchmark CNN), and a replay can lose to the eager step (a
-    long recurrence), so the executors are measured rather than assumed. A
-    step over ``budget_s`` ends the race (compute-bound). A failing one: inf."""
-    scratch = [t.detach().clone() for t in state]
-    best = [float("inf")] * len(fns)
-    with _trial_run():
-        for _ in range(runs):
-            for i, fn in enumerate(fns):
-                start = time.perf_counter()
-                try:
-                    out = fn(scratch, inputs)
-                except Exception:  # noqa: BLE001 - a failing executor is not faster
-                    best[i] = float("inf")
-                    return best
-                for leaf in pytree.tree_leaves(out):  # waits for the device, where there is one
-                    if isinstance(leaf, torch.Tensor) and leaf.is_cuda:
-                        torch.cuda.synchronize(leaf.device)
-                        break
-                best[i] = min(best[i], time.perf_counter() - start)
-                if best[i] > budget_s:
-                    return best
-    return best
 
 
 class _CapturableKeras:
@@ -274,74 +221,102 @@ class CapturedStep:
 
     def _capture(self, key: Any, batch: Any, leaves: list[Any], spec: Any, tensors: list[Any]) -> Any:
         positions = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor)]
-        outputs: list[Any] = []
+        inputs = [leaves[i] for i in positions]
 
-        def traced(tensors: list[Any], inputs: list[Any]) -> Any:
-            del tensors  # read through the variables: make_fx maps them to the inputs by identity
+        def traced(state: list[Any], batch_tensors: list[Any]) -> Any:
             full = list(leaves)
-            for i, t in zip(positions, inputs):
+            for i, t in zip(positions, batch_tensors):
                 full[i] = t
-            with torch.no_grad(), _RefuseHostReads():
-                out = self.fn(pytree.tree_unflatten(full, spec))
-            outputs.append(out)
-            return out
+            for v, t in zip(self.variables, state):  # the step reads and updates the stand-ins
+                v._value = t
+            try:
+                with torch.no_grad(), _RefuseHostReads():
+                    return self.fn(pytree.tree_unflatten(full, spec))
+            finally:
+                for v, t in zip(self.variables, tensors):
+                    v._value = t
 
-        saved = [t.detach().clone() for t in tensors]
         rng = _rng_state()
+        # The trace runs on fake tensors (shapes, no data): no memory for the
+        # step's intermediates, no updates to undo if it fails. Traced on real
+        # tensors, the allocator's heap grew ~10x past the step's own peak (1 GB
+        # on an LSTM of 64 steps: make_fx's small objects pin the freed blocks).
+        fake = FakeTensorMode(allow_non_fake_inputs=True)
+        fake_state = [fake.from_tensor(t) for t in tensors]
         try:
             # Warnings the step's Python raises are held back: if the capture
             # fails, the eager rerun raises its own (print() inside a compiled
             # step warns only where the step really is traced).
-            with warnings.catch_warnings(record=True) as held, _NoTensorExport(), _CapturableKeras(tensors):
+            with warnings.catch_warnings(record=True) as held, _NoTensorExport(), _CapturableKeras(fake_state):
                 warnings.simplefilter("always")
                 _state.capturing = True
                 try:
-                    graph = make_fx(traced, tracing_mode="real")(tensors, [leaves[i] for i in positions])
+                    with fake:
+                        graph = make_fx(traced)(fake_state, [fake.from_tensor(t) for t in inputs])
                 finally:
                     _state.capturing = False
+                    _set_rng_state(rng)
             for w in held:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
         except HostRead as e:
-            self._restore(tensors, saved, rng)
-            where, from_random = _where_in_user_code(e)
-            # (Keras re-raises errors from a layer's call with its own message around ours.)
-            found = re.search(r"aten::\w+|Tensor\.\w+\(\)|keras\.ops\.cond[^\n.]*", str(e))
-            self.eager_reason = f"{found.group(0) if found else e} at {where}"
-            if from_random:
-                advice = ("Keras's seeded random ops (keras.random.* with a seed or SeedGenerator) seed a "
-                          "torch.Generator from a tensor's value at every call. For noise a graph can hold, "
-                          "call loops.set_seed(seed, neutral_random=True) first (random numbers a graph can "
-                          "hold, the same on every backend), or pass the noise in the batch")
-            else:
-                advice = ("Keep values as tensors inside the step (keras.ops.where instead of an `if` on a "
-                          "tensor, no .item() / float())")
-            warnings.warn(
-                f"This step reads a tensor's value into Python ({self.eager_reason}), so torch cannot run it "
-                f"as a captured graph: it runs eagerly instead, as Keras's own torch loop does (slower). "
-                f"{advice}; or pass Trainer(..., run_eagerly=True) to silence this.",
-                stacklevel=4)
-            return self._eager(batch)
-        except Exception:
-            self._restore(tensors, saved, rng)
-            raise
+            return self._host_read(e, batch)
+        except Exception as e:  # noqa: BLE001 - the eager step raises the step's own error, if it has one
+            return self._not_captured(batch, e)
         graph_passes.simplify(graph)
+        saved = [t.detach().clone() for t in tensors]
+        try:
+            with torch.no_grad():
+                out = graph(tensors, inputs)  # the step itself
+        except Exception as e:  # noqa: BLE001 - a value error (an index out of range): the eager step's message
+            self._restore(tensors, saved, rng)
+            return self._not_captured(batch, e)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's pytree specs, deep-copied
             candidate = copy.deepcopy(graph)
-        inputs = [leaves[i] for i in positions]
-        if graph_passes.relayout(candidate) and self._reproduces(candidate, saved, rng, inputs, outputs[-1], tensors):
+        if graph_passes.relayout(candidate) and self._reproduces(candidate, saved, rng, inputs, out, tensors):
             graph = candidate
         replay: Callable[[list[Any], list[Any]], Any] = graph
-        if not self.policy.keep(key, _best_times([graph], saved, inputs, runs=2)[0]):
-            return outputs[-1]  # slower than its eager step: eager for good (no TorchScript trace either)
-        executor = _torchscript(graph, tensors, inputs)
-        if executor is not None and self._reproduces(executor, saved, rng, inputs, outputs[-1], tensors):
-            times = _best_times([executor, graph], saved, inputs)
-            replay = executor if times[0] < times[1] else graph
+        if not self.policy.keep(key, executors.best_times([graph], saved, inputs, runs=2)[0]):
+            return out  # slower than its eager step: eager for good (no TorchScript trace either)
+        script = executors.torchscript(graph, tensors, inputs)
+        if script is not None and self._reproduces(script, saved, rng, inputs, out, tensors):
+            times = executors.best_times([script, graph], saved, inputs)
+            replay = script if times[0] < times[1] else graph
         self.graphs[key] = replay
         if self.on_trace is not None:
             self.on_trace(batch)
-        return outputs[-1]  # the capture ran the step for real: these are its results
+        return out
+
+    def _not_captured(self, batch: Any, error: Exception) -> Any:
+        """The eager step, after a capture that failed with ``error``: where
+        the step itself fails (a label out of range), that error is raised as
+        Keras's torch loop raises it; where it runs, the step stays eager."""
+        out = self._eager(batch)
+        self.eager_reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        warnings.warn(f"torch could not capture this step as a graph ({self.eager_reason}); it runs eagerly, "
+                      "as Keras's own torch loop does (slower). Pass Trainer(..., run_eagerly=True) to silence "
+                      "this.", stacklevel=5)
+        return out
+
+    def _host_read(self, e: HostRead, batch: Any) -> Any:
+        where, from_random = _where_in_user_code(e)
+        # (Keras re-raises errors from a layer's call with its own message around ours.)
+        found = re.search(r"aten::\w+|Tensor\.\w+\(\)|keras\.ops\.cond[^\n.]*", str(e))
+        self.eager_reason = f"{found.group(0) if found else e} at {where}"
+        if from_random:
+            advice = ("Keras's seeded random ops (keras.random.* with a seed or SeedGenerator) seed a "
+                      "torch.Generator from a tensor's value at every call. For noise a graph can hold, "
+                      "call loops.set_seed(seed, neutral_random=True) first (random numbers a graph can "
+                      "hold, the same on every backend), or pass the noise in the batch")
+        else:
+            advice = ("Keep values as tensors inside the step (keras.ops.where instead of an `if` on a "
+                      "tensor, no .item() / float())")
+        warnings.warn(
+            f"This step reads a tensor's value into Python ({self.eager_reason}), so torch cannot run it "
+            f"as a captured graph: it runs eagerly instead, as Keras's own torch loop does (slower). "
+            f"{advice}; or pass Trainer(..., run_eagerly=True) to silence this.",
+            stacklevel=5)
+        return self._eager(batch)
 
     @staticmethod
     def _reproduces(graph: Any, before: list[Any], rng: Any, inputs: list[Any], outputs: Any,
@@ -372,28 +347,3 @@ class CapturedStep:
             for t, s in zip(tensors, saved):
                 t.copy_(s)
         _set_rng_state(rng)
-
-
-@contextlib.contextmanager
-def _trial_run(start: Any = None) -> Iterator[None]:
-    """A run of the step that must leave no trace: under ``no_grad``, from
-    the random state ``start`` if given, with torch's RNG put back after."""
-    now = _rng_state()
-    if start is not None:
-        _set_rng_state(start)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        _set_rng_state(now)
-
-
-def _rng_state() -> Any:
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-
-def _set_rng_state(state: Any) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
