@@ -3,7 +3,7 @@
 does not fit in a cache.
 
     python -m benchmarks.memory            # 312.5 MiB of float32 inputs (80,000 x 1024)
-    python -m benchmarks.memory --quick    # 39 MiB (10,000 x 1024), < 2 minutes
+    python -m benchmarks.memory --quick    # 39 MiB (10,000 x 1024), < 4 minutes
 
 The case: an MLP (1024 -> Dense(256, relu) -> Dense(10)), Adam, sparse
 cross-entropy from logits, batch 256, one epoch of ``fit(x, y,
@@ -14,7 +14,10 @@ validation_split=0.1)`` on NumPy arrays, then ``evaluate(x, y)`` and
 same 90%; no validation, evaluate or predict pass). Each (backend, arm) runs
 in its own process, so a peak is its own: the data and the model are made
 first, then the peak RSS is reset (``/proc/self/clear_refs``) before each
-phase and its growth read after it. On a GPU the device's peak bytes in use
+phase and its growth read after it; each arm runs in 3 processes
+(``--repeats``), interleaved with the others, and the report shows the
+medians (one process's growth varies by ~10 MB: where the allocator's heap
+stands). On a GPU the device's peak bytes in use
 (jax ``memory_stats``, torch ``max_memory_allocated``) are read the same way;
 tensorflow's are read through ``tf.config.experimental.get_memory_info``.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -176,6 +180,19 @@ def run_arm(arm: str, n: int, features: int = FEATURES) -> dict[str, Any]:
     return out
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One arm's processes as one result: per phase the median of each
+    measure, and every process's peak growth in ``rss_mb_runs``."""
+    out = dict(runs[0])
+    for key in ("rss_mb", "device_mb", "seconds"):
+        out[key] = {}
+        for ph in runs[0][key]:
+            values = [r[key][ph] for r in runs if r[key].get(ph) is not None]
+            out[key][ph] = statistics.median(values) if values else None
+    out["rss_mb_runs"] = {ph: [r["rss_mb"][ph] for r in runs] for ph in runs[0]["rss_mb"]}
+    return out
+
+
 def verdict(a: float | None, b: float | None) -> str:
     """ok when the Trainer's growth is within model.fit's + 5% (or both under the noise floor)."""
     if a is None or b is None:
@@ -190,16 +207,17 @@ def markdown(results: dict[str, dict[str, Any]], machine: str, size: str, note: 
              f"Machine: {machine}. Data: x {n:,} x {FEATURES} float32 + int32 labels ({mib:.1f} MiB), made "
              "before the peak is reset. MLP 1024-256-10, Adam, sparse cross-entropy from logits, batch "
              f"{BATCH}. fit: one epoch, `validation_split=0.1`, shuffled; evaluate and predict: all rows. "
-             "Each (backend, arm) in its own process; per phase the growth of the peak RSS over the RSS "
-             "before it (MB). a = Trainer, b = Keras (`model.fit` / `evaluate` / `predict`), c = native "
+             "Each (backend, arm) in its own processes (arms interleaved); per phase the growth of the "
+             "peak RSS over the RSS before it (MB), the median over the processes (each one's in the last "
+             "column: a / b). a = Trainer, b = Keras (`model.fit` / `evaluate` / `predict`), c = native "
              "loop (fit only: the same 90%, no validation pass). Verdict: a <= b x 1.05, or a - b <= "
              f"{NOISE_MB:g} MB (allocator noise).", ""]
     if note:
         lines += [f"Note: {note}", ""]
     if failed:
         lines += [f"Failed: {', '.join(failed)}", ""]
-    lines += ["| backend | phase | a MB | b MB | c MB | a / b | verdict | seconds (a / b / c) | device MB (a / b / c) |",
-              "|---" * 9 + "|"]
+    lines += ["| backend | phase | a MB | b MB | c MB | a / b | verdict | seconds (a / b / c) | device MB (a / b / c) "
+              "| per process MB (a / b) |", "|---" * 10 + "|"]
     fmt = lambda v: "—" if v is None else f"{v:.0f}"  # noqa: E731
     for backend, arms in results.items():
         for ph in PHASES:
@@ -208,8 +226,10 @@ def markdown(results: dict[str, dict[str, Any]], machine: str, size: str, note: 
             ratio = f"{a / b:.2f}" if a is not None and b else "—"
             secs = " / ".join("—" if get(arm, "seconds") is None else f"{get(arm, 'seconds'):.1f}" for arm in ARMS)
             dev = " / ".join(fmt(get(arm, "device_mb")) for arm in ARMS)
+            each = " / ".join(",".join(fmt(v) for v in ((arms.get(arm) or {}).get("rss_mb_runs") or {}).get(ph, []))
+                              or "—" for arm in ARMS[:2])
             lines.append(f"| {backend} | {ph} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {ratio} | {verdict(a, b)} "
-                         f"| {secs} | {dev} |")
+                         f"| {secs} | {dev} | {each} |")
     return "\n".join(lines) + "\n"
 
 
@@ -232,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--note", default="", help="a line for the report's head (e.g. the machine's load)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="processes per (backend, arm), arms interleaved; the report shows medians")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--arm", default="trainer", help=argparse.SUPPRESS)
     p.add_argument("--size", default=None, choices=sorted(SIZES), help=argparse.SUPPRESS)
@@ -243,16 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
     for backend in a.backends.split(","):
-        results[backend] = {}
-        for arm in a.arms.split(","):
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-            cmd = [sys.executable, "-m", "benchmarks.memory", "--worker", "--arm", arm, "--size", a.size]
-            print(f"[{backend}] {arm} ...", file=sys.stderr, flush=True)
-            got = _timing.run_worker(cmd, env, TAG, f"{backend} {arm}", timeout=1800)
-            if got is None:
-                failed.append(f"{backend}/{arm}")
-            else:
-                results[backend][arm] = got
+        runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in a.arms.split(",")}
+        for i in range(a.repeats):
+            for arm in runs:
+                env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+                cmd = [sys.executable, "-m", "benchmarks.memory", "--worker", "--arm", arm, "--size", a.size]
+                print(f"[{backend}] {arm} {i + 1}/{a.repeats} ...", file=sys.stderr, flush=True)
+                got = _timing.run_worker(cmd, env, TAG, f"{backend} {arm}", timeout=1800)
+                if got is None:
+                    failed.append(f"{backend}/{arm}")
+                else:
+                    runs[arm].append(got)
+        results[backend] = {arm: median_run(got) for arm, got in runs.items() if got}
     from benchmarks.__main__ import _machine
 
     text = markdown(results, _machine(), a.size, a.note, failed)
