@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default=None, choices=sorted(SIZES), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.size = a.size or ("quick" if a.quick else "full")
+    if a.repeats < 1:
+        p.error(f"--repeats must be at least 1 (processes per arm), got {a.repeats}")
     if a.worker:
         return _worker(a)
     start = time.perf_counter()

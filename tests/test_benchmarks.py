@@ -120,3 +120,22 @@ def test_memory_measures_every_phase_of_every_arm():
     assert len(rows) == len(memory.PHASES), text
     assert memory.verdict(100.0, 100.0) == "ok" and memory.verdict(200.0, 100.0) == "OVER"
     assert memory.verdict(10.0, 3.0) == "ok"  # under the noise floor
+
+
+def test_memory_report_is_the_median_of_its_processes(capsys):
+    """Each arm runs in several processes: the report shows per phase the
+    median growth, and every process's value beside it."""
+    def run(fit, evaluate):
+        return {"arm": "trainer", "rss_mb": {"fit": fit, "evaluate": evaluate}, "device_mb": {"fit": None,
+                "evaluate": None}, "seconds": {"fit": 1.0, "evaluate": 0.5}}
+
+    merged = memory.median_run([run(30.0, 9.0), run(50.0, 1.0), run(31.0, 4.0)])
+    assert merged["rss_mb"] == {"fit": 31.0, "evaluate": 4.0}
+    assert merged["device_mb"] == {"fit": None, "evaluate": None}
+    assert merged["rss_mb_runs"] == {"fit": [30.0, 50.0, 31.0], "evaluate": [9.0, 1.0, 4.0]}
+    keras_arm = dict(memory.median_run([run(29.0, 2.0)]), arm="keras")
+    text = memory.markdown({"jax": {"trainer": merged, "keras": keras_arm}}, "test machine", "tiny", "", [])
+    assert "| jax | fit | 31 | 29 |" in text and "| 30,50,31 / 29 |" in text, text
+    with pytest.raises(SystemExit):
+        memory.main(["--repeats", "0"])
+    assert "--repeats must be at least 1" in capsys.readouterr().err
