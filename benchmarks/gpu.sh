@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# Proof on a GPU (issue 18): the core test files on jax and torch, then the
-# benchmark (Trainer.fit vs model.fit vs a native loop, with the loss gate,
-# a ResNet-style CNN at batch 256 among the workloads), in about 8 minutes.
+# Proof on a GPU (issues 18, 19): the core test files on jax and torch, then
+# the benchmark (Trainer.fit vs model.fit vs a native loop, with the loss gate,
+# a ResNet-style CNN at batch 256 among the workloads), then startup and
+# memory (first call, peak host and device memory per arm, the realistic
+# workloads' throughput), in about 12 minutes.
 #
 #   bash benchmarks/gpu.sh          # on a CUDA machine: results in benchmarks/results/gpu.{md,json,png}
 #   bash benchmarks/gpu.sh --dry    # the same code path on CPU, tiny sizes, a smoke test selection
 #
 # Where keras is not installed and a folder .whl/ holds wheels (keras, namex,
 # optree for Python 3.12), they are installed under /tmp/site first (no
-# registry needed); the repository root on PYTHONPATH makes loops and backends
-# importable without `pip install -e`.
+# registry needed); where `loops.backends` does not import, the checkout is
+# installed editable (`pip install --no-deps --no-build-isolation -e .`: the
+# top-level backends/ imports as loops.backends only through that mapping).
 # Logs and results are copied to $OUT when it is set (at most 8 files there).
 # Knobs (environment): GPU_BACKENDS (jax,torch), GPU_TESTS=0 / GPU_BENCH=0 to
 # skip a phase, GPU_TEST_CAP_S (240: the test phase is stopped after this),
 # GPU_BENCH_BUDGET_S (100 per backend: no workload starts after it),
+# GPU_STARTUP=0 skips phase 3 (reports in benchmarks/results/gpu_startup/,
+# and $OUT/startup.tgz), GPU_STARTUP_CAP_S (150: each of its three
+# benchmarks is stopped after this, per backend), GPU_TEST_FILES (the core files),
 # GPU_WORKLOADS (resnet,tiny_mlp,mlp,cnn,gan), GPU_PRECISION (highest: TF32
 # off, or default), GPU_GATE_RTOL (1e-5), GPU_XDIST (3 pytest-xdist workers
 # per backend when xdist is installed; 0 for none), GPU_TEST_TF32 (0: the
-# tests run with TF32 off, as their float32 tolerances assume; 1: engine defaults).
+# tests run with TF32 off, as their float32 tolerances assume; 1: engine defaults),
+# GPU_JUNIT=1 (junit reports beside the logs; always in a dry run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -39,8 +46,11 @@ if [[ -d .whl ]] && ! "$PY" -c "import keras" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     >>"$RUNLOG" 2>&1 || { say "wheel install failed"; tail -20 "$RUNLOG"; exit 2; }
   export PYTHONPATH=/tmp/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}
-else
-  export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ! "$PY" -c "import loops.backends" >/dev/null 2>&1; then
+  say "installing the checkout editable (loops.backends maps to backends/)"
+  "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e "$ROOT" >>"$RUNLOG" 2>&1 \
+    || { say "pip install -e failed"; tail -20 "$RUNLOG"; exit 2; }
 fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 # Tests and their subprocesses share the GPU: no process takes 75% of it up front.
@@ -82,8 +92,8 @@ fi
 
 status=0
 # ---------------------------------------------------------------- (1) tests
-FILES="tests/test_classic.py tests/test_parity.py tests/test_compiled_steps.py tests/test_features.py
-       tests/test_resume.py tests/test_steps_per_execution.py"
+FILES=${GPU_TEST_FILES:-"tests/test_classic.py tests/test_parity.py tests/test_compiled_steps.py tests/test_features.py
+       tests/test_resume.py tests/test_steps_per_execution.py"}
 if [[ "${GPU_TESTS:-1}" != 0 ]]; then
   pids=()
   if [[ "${GPU_TEST_TF32:-0}" == 0 ]]; then
@@ -94,7 +104,9 @@ if [[ "${GPU_TESTS:-1}" != 0 ]]; then
   have_tf=0
   "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is None)" && have_tf=1
   for backend in ${BACKENDS//,/ }; do
-    args=(-q -p no:cacheprovider -rfEs --durations=15 --junitxml="$LOGS/junit-$backend.xml")
+    args=(-q -p no:cacheprovider -rfEs --durations=15)
+    # junit reports in dry runs or on request: a real run's $OUT holds at most 8 files.
+    [[ $DRY == 1 || "${GPU_JUNIT:-0}" == 1 ]] && args+=(--junitxml="$LOGS/junit-$backend.xml")
     # A checkpoint continued on the next backend: torch's next is tensorflow, not on the GPU machine.
     [[ $backend == torch && $have_tf == 0 ]] &&
       args+=(--deselect "tests/test_resume.py::test_checkpoint_continues_on_another_backend")
@@ -141,6 +153,37 @@ if [[ "${GPU_BENCH:-1}" != 0 ]]; then
   if [[ -n "${OUT:-}" && "$RESULTS" != "$OUT" ]]; then
     cp "$RESULTS/$stem".{md,json,png} "$OUT"/ 2>/dev/null || true
   fi
+fi
+# ---------------------------------------------------------------- (3) startup and memory
+if [[ "${GPU_STARTUP:-1}" != 0 ]]; then
+  RESULTS=$([[ $DRY == 1 ]] && echo "$LOGS/startup" || echo "$ROOT/benchmarks/results/gpu_startup")
+  mkdir -p "$RESULTS"
+  unset XLA_PYTHON_CLIENT_PREALLOCATE JAX_DEFAULT_MATMUL_PRECISION NVIDIA_TF32_OVERRIDE
+  cap=${GPU_STARTUP_CAP_S:-150}
+  if [[ $DRY == 1 ]]; then
+    # CI runs this per backend: the realistic-workload path alone (device memory columns
+    # included; memory and first_call have their own tests).
+    runs=("workloads_real --quick --size tiny --workloads resnet --rounds 1 --block-s 0.05 --gate-steps 2")
+  else
+    runs=("memory --repeats 1" "first_call --repeats 1"
+          "workloads_real --quick --size full --rounds 2 --block-s 0.3 --gate-steps 5")
+  fi
+  for run in "${runs[@]}"; do
+    for backend in ${BACKENDS//,/ }; do  # one backend at a time: a cap stops one report, not all
+      say "startup and memory: python -m benchmarks.$run --backends $backend (cap ${cap} s)"
+      # shellcheck disable=SC2086
+      timeout -s INT -k 20 "$cap" "$PY" -m benchmarks.$run --backends "$backend" --out "$RESULTS/$backend" \
+        --note "GPU (benchmarks/gpu.sh)" >>"$RUNLOG" 2>&1
+      rc=$?
+      [[ $rc == 0 ]] || status=1
+      say "benchmarks.${run%% *} on $backend: exit $rc"
+    done
+  done
+  for md in "$RESULTS"/*/memory*.md "$RESULTS"/*/first_call*.md "$RESULTS"/*/workloads_real*.md; do
+    [[ -f $md ]] && { echo "== $md"; grep -E "^\|" "$md"; }
+  done
+  # One file back through $OUT (its limit is 8): the reports of this phase.
+  [[ -n "${OUT:-}" && $DRY == 0 ]] && tar czf "$OUT/startup.tgz" -C "$RESULTS" .
 fi
 say "done: exit $status; logs in $LOGS"
 exit $status

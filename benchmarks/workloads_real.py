@@ -118,7 +118,11 @@ def run_arm(name: str, arm: str, size: str = "quick", gate_steps: int = 3, block
     arrays = R.data(r)  # allocated before the peak is reset, in its final dtype
     weights = W.initial_weights(R.keras_model(r), 0)
     arm_obj = make_arm(arm, r, weights, arrays)
+    from benchmarks.memory import _Device
+
+    device = _Device()
     method, before = _peak_reset()
+    device_before = device.reset()
     start = time.perf_counter()
     losses = [step["loss"] for step in arm_obj.gate(gate_steps)]
     epochs = _timing.epochs_per_block([arm_obj], r.pool, block_s)
@@ -128,7 +132,8 @@ def run_arm(name: str, arm: str, size: str = "quick", gate_steps: int = 3, block
             "batch_size": r.batch_size, "seq": r.seq, "losses": losses, "first_call_s": arm_obj.first_call_s,
             "ms_per_step": median_ms, "rounds_ms": ms, "per_s": 1e3 * r.per_step / median_ms,
             "steps_per_block": epochs * r.pool, "rss_growth_mb": _peak_growth_mb(method, before),
-            "rss_method": method, "wall_s": time.perf_counter() - start}
+            "rss_method": method, "device_mb": device.growth_mb(device_before),
+            "wall_s": time.perf_counter() - start}
 
 
 def max_rel(a: list[float], b: list[float]) -> float:
@@ -162,6 +167,10 @@ def _launch(backend: str, arm: str, workloads: str, a: argparse.Namespace) -> li
     return _timing.run_worker(cmd, env, TAG, f"{backend} {arm} {workloads}", timeout=1800)
 
 
+def _fmt_mb(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0f}"
+
+
 def _fmt_rate(x: float | None) -> str:
     if x is None:
         return "—"
@@ -190,8 +199,11 @@ def markdown(results: dict[str, Any], machine: str, a: argparse.Namespace, faile
         lines.append(f"- failed: {', '.join(failed)}")
     if a.note:
         lines.append(f"- note: {a.note}")
+    on_gpu = any(arm.get("device_mb") is not None for per_wl in results.values() for arms in per_wl.values()
+                 for k, arm in arms.items() if not k.startswith("_"))
     lines += ["", "| backend | workload | a | b | c | a/b | a/c | first call s (a / b / c) "
-              "| peak RSS growth MB (a / b / c) | gate a vs b | a vs c |", "|---" * 11 + "|"]
+              "| peak RSS growth MB (a / b / c) " + ("| peak device MB (a / b / c) " if on_gpu else "")
+              + "| gate a vs b | a vs c |", "|---" * (12 if on_gpu else 11) + "|"]
     for backend, per_wl in results.items():
         for name, arms in per_wl.items():
             get = lambda arm, key: arms[arm][key] if arm in arms else None  # noqa: E731
@@ -201,17 +213,22 @@ def markdown(results: dict[str, Any], machine: str, a: argparse.Namespace, faile
                                for arm in ARMS)
             rss = " / ".join("—" if get(arm, "rss_growth_mb") is None else f"{get(arm, 'rss_growth_mb'):.0f}"
                              for arm in ARMS)
+            dev = f"| {' / '.join(_fmt_mb(get(arm, 'device_mb')) for arm in ARMS)} " if on_gpu else ""
             gate = arms.get("_gate", {})
             ab = gate.get("trainer_vs_keras")
             verdict = "—" if ab is None else f"{'ok' if ab <= GATE_RTOL else 'FAIL'} ({ab:.0e})"
             ac = gate.get("trainer_vs_native")
             lines.append(f"| {backend} | {name} | {_fmt_rate(rate['trainer'])} | {_fmt_rate(rate['keras'])} "
                          f"| {_fmt_rate(rate['native'])} | {ratio(rate['trainer'], rate['keras'])} "
-                         f"| {ratio(rate['trainer'], rate['native'])} | {first} | {rss} | {verdict} "
+                         f"| {ratio(rate['trainer'], rate['native'])} | {first} | {rss} {dev}| {verdict} "
                          f"| {'—' if ac is None else f'{ac:.0e}'} |")
     methods = sorted({arm["rss_method"] for per_wl in results.values() for arms in per_wl.values()
                       for k, arm in arms.items() if not k.startswith("_")})
     lines += ["", f"Peak RSS measured with: {', '.join(methods)} (VmHWM: reset before the arm's fit calls)."]
+    if on_gpu:
+        lines.append("Peak device memory: the growth of the device's peak bytes in use during the arm's fit calls "
+                     "(torch `max_memory_allocated`, reset first; jax `peak_bytes_in_use`, which jax never resets, "
+                     "so a peak reached before, while the data were put on the device, can hide the fit's).")
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,8 @@
 """``benchmarks/gpu.sh --dry`` on this backend: the GPU proof's script runs on
 CPU at tiny sizes (a smoke selection of the core tests, then the benchmark's
-GPU mode with the ResNet-style workload), its loss gates hold and it writes
-the report (the real run, on a CUDA machine, is ``bash benchmarks/gpu.sh``)."""
+GPU mode with the ResNet-style workload, then the realistic-workload
+benchmark of the startup and memory phase), its loss gates hold and it writes
+the reports (the real run, on a CUDA machine, is ``bash benchmarks/gpu.sh``)."""
 
 import json
 import os
@@ -29,4 +30,11 @@ def test_gpu_sh_dry_runs_the_tests_and_the_gpu_benchmark(tmp_path):
     assert set(result["workloads"]["resnet"]["ms_per_step"]) == {"trainer", "keras", "native"}
     assert "| resnet (b8) |" in (tmp_path / "gpu_dry.md").read_text()
     assert (tmp_path / f"junit-{BACKEND}.xml").exists() and (tmp_path / "run.log").exists()
+    # Phase 3 (startup and memory): the realistic workload's report, per backend, gate held.
+    with open(tmp_path / "startup" / BACKEND / "workloads_real_quick_tiny.json") as f:
+        real = json.load(f)
+    arms = real["results"][BACKEND]["resnet"]
+    assert set(arms) == {"trainer", "keras", "native", "_gate"} and not real["failed"]
+    assert arms["_gate"]["trainer_vs_keras"] <= 1e-4
+    assert all(arms[arm]["per_s"] > 0 and "device_mb" in arms[arm] for arm in ("trainer", "keras", "native"))
     assert len(os.listdir(tmp_path)) <= 8  # what the device tool brings back from $OUT
