@@ -232,6 +232,32 @@ def markdown(results: dict[str, Any], machine: str, a: argparse.Namespace, faile
     return "\n".join(lines) + "\n"
 
 
+def _gate(arms: dict[str, Any]) -> None:
+    gate = {}
+    if "trainer" in arms and "keras" in arms:
+        gate["trainer_vs_keras"] = max_rel(arms["trainer"]["losses"], arms["keras"]["losses"])
+    if "trainer" in arms and "native" in arms:
+        gate["trainer_vs_native"] = max_rel(arms["trainer"]["losses"], arms["native"]["losses"])
+    arms["_gate"] = gate
+
+
+def _write(results: dict[str, Any], a: argparse.Namespace, mode: dict[str, Any], failed: list[str]) -> str:
+    """The report of what is measured so far: ``{stem}.md`` and ``.json`` under ``--out``."""
+    from benchmarks.__main__ import _machine
+
+    text = markdown(results, _machine(), a, failed)
+    stem = "workloads_real_quick" if a.quick else "workloads_real"
+    if a.size != mode["size"]:
+        stem += f"_{a.size}"
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, f"{stem}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(a.out, f"{stem}.json"), "w") as f:
+        json.dump({"machine": _machine(), "note": a.note, "size": a.size, "gate_steps": a.gate_steps,
+                   "block_s": a.block_s, "rounds": a.rounds, "failed": failed, "results": results}, f, indent=1)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.workloads_real", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, short blocks (< 3 minutes)")
@@ -257,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results: dict[str, Any] = {}
     failed: list[str] = []
+    text = ""
     groups = [a.workloads] if a.quick else a.workloads.split(",")  # one process per arm (quick: all workloads)
     for backend in a.backends.split(","):
         per_wl: dict[str, Any] = {name: {} for name in a.workloads.split(",")}
@@ -267,28 +294,13 @@ def main(argv: list[str] | None = None) -> int:
                     failed.append(f"{backend}/{arm}/{group}")
                 for result in got or []:
                     per_wl[result["workload"]][arm] = result
-        for arms in per_wl.values():
-            gate = {}
-            if "trainer" in arms and "keras" in arms:
-                gate["trainer_vs_keras"] = max_rel(arms["trainer"]["losses"], arms["keras"]["losses"])
-            if "trainer" in arms and "native" in arms:
-                gate["trainer_vs_native"] = max_rel(arms["trainer"]["losses"], arms["native"]["losses"])
-            arms["_gate"] = gate
-        results[backend] = per_wl
-    from benchmarks.__main__ import _machine
-
-    text = markdown(results, _machine(), a, failed)
+                for arms in per_wl.values():
+                    _gate(arms)
+                results[backend] = per_wl
+                # Written after every arm: a run stopped early (a time cap) keeps what it measured.
+                text = _write(results, a, mode, failed)
     print(text)
-    stem = "workloads_real_quick" if a.quick else "workloads_real"
-    if a.size != mode["size"]:
-        stem += f"_{a.size}"
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, f"{stem}.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(a.out, f"{stem}.json"), "w") as f:
-        json.dump({"machine": _machine(), "note": a.note, "size": a.size, "gate_steps": a.gate_steps, "block_s": a.block_s,
-                   "rounds": a.rounds, "failed": failed, "results": results}, f, indent=1)
-    print(f"wrote {a.out}/{stem}.{{md,json}} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print(f"wrote the report to {a.out} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     gates = [g for per_wl in results.values() for arms in per_wl.values()
              for k, g in arms["_gate"].items() if k == "trainer_vs_keras"]
     return 1 if failed or any(g > GATE_RTOL for g in gates) else 0

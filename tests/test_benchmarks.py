@@ -5,7 +5,8 @@ arms train, are timed, and agree (``benchmarks/first_call.py``,
 ``benchmarks/workloads_real.py``); a short run's arms are timed and agree
 (``benchmarks/short_runs.py``); the scaling sweeps time every arm at every
 point and write their report (``benchmarks/scaling.py``); the memory
-benchmark measures every phase of every arm (``benchmarks/memory.py``)."""
+benchmark measures every phase of every arm (``benchmarks/memory.py``); the torch
+capture diagnosis reports every mode (``benchmarks/capture_diag.py``)."""
 
 import math
 import os
@@ -139,3 +140,30 @@ def test_memory_report_is_the_median_of_its_processes(capsys):
     with pytest.raises(SystemExit):
         memory.main(["--repeats", "0"])
     assert "--repeats must be at least 1" in capsys.readouterr().err
+
+
+def test_capture_diag_reports_each_mode_or_names_the_backend_it_needs(capsys):
+    """``benchmarks/capture_diag.py`` (the torch GPU diagnosis): per mode, the
+    step time, what the captured step chose and the profiler's counts; on
+    another backend, an error naming KERAS_BACKEND=torch."""
+    import keras
+
+    from benchmarks import capture_diag
+
+    argv = ["--size", "tiny", "--workloads", "resnet", "--modes", "keras,never,first"]
+    if keras.backend.backend() != "torch":
+        with pytest.raises(SystemExit):
+            capture_diag.main(argv)
+        assert "KERAS_BACKEND=torch" in capsys.readouterr().err
+        return
+    with pytest.raises(SystemExit):
+        capture_diag.main(argv[:-1] + ["keras,sometimes"])
+    assert "--modes takes" in capsys.readouterr().err
+    assert capture_diag.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[1]: (line, detail) for line, detail in zip(lines[::2], lines[1::2])}
+    assert set(rows) == {"keras", "never", "first"}
+    for mode, (line, detail) in rows.items():
+        assert float(line.split("ms/step")[1].split()[0]) > 0 and "copy_=" in line, line
+    assert rows["keras"][1].strip() == "(model.fit)"
+    assert "graphs=0" in rows["never"][1] and "graphs=1" in rows["first"][1], rows

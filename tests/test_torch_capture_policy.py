@@ -185,3 +185,35 @@ def test_a_graph_that_replays_slower_than_the_eager_step_is_dropped(small_thresh
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6, atol=1e-7)
     for a, b in zip(trainer.model.get_weights(), reference.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_on_a_gpu_the_eager_step_is_timed_with_device_syncs_so_a_slower_graph_is_dropped_too(
+        small_threshold, monkeypatch):
+    """On a GPU a host clock times the launch, not the step: the first
+    TIMED_CALLS eager calls of a signature wait for the device before and
+    after (later ones do not), so the policy compares the replay with the
+    eager step there too. (Seen on an H200: a captured LSTM kept without that
+    comparison replayed 4.6x slower than its eager cuDNN step.) Simulated
+    here: the step believes it is on a GPU, and the syncs are counted."""
+    import torch
+
+    from loops.backends.torch import capture, policy
+
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: syncs.append(1))
+    init = capture.CapturedStep.__init__
+
+    def on_gpu(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.on_gpu = True
+
+    monkeypatch.setattr(capture.CapturedStep, "__init__", on_gpu)
+    monkeypatch.setattr(policy, "KEEP_BELOW", 0.0)  # no replay is fast enough
+    x, y = _data(64)
+    trainer = _trainer()
+    graphs = Graphs(trainer)
+    trainer.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[graphs])
+    step = trainer._runner.captured["train"]
+    assert graphs.seen == [0] * 16 and step.policy.stay_eager  # measured, dropped, eager from then on
+    assert step.policy.samples == {k: policy.TIMED_CALLS for k in step.policy.samples}
+    assert len(syncs) == 2 * policy.TIMED_CALLS  # before and after each timed call; none later

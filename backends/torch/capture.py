@@ -174,8 +174,10 @@ class CapturedStep:
         self.policy = Policy()
         self.eager_reason: str | None = None  # set when capture failed: every call runs eagerly
         self.warned_too_many = False
-        # Eager calls are timed for the policy on CPU (on a GPU: the launch, not the step).
-        self.timed = not any(v._value.is_cuda for v in self.variables[:1])
+        # Eager calls are timed for the policy; on a GPU a host clock times the
+        # launch, not the step, so the first few calls of a signature (all the
+        # policy reads) wait for the device before and after.
+        self.on_gpu = any(v._value.is_cuda for v in self.variables[:1])
 
     def expect(self, calls: int | None) -> None:
         """The run that starts plans ``calls`` calls of this step (None: unknown)."""
@@ -212,10 +214,15 @@ class CapturedStep:
         return self._eager(batch)
 
     def _eager(self, batch: Any, key: Any = None) -> Any:
+        timed = key is not None and (not self.on_gpu or self.policy.wants_time(key))
+        if timed and self.on_gpu:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.no_grad():
             out = self.fn(batch)
-        if key is not None and self.timed:
+        if timed:
+            if self.on_gpu:
+                torch.cuda.synchronize()
             self.policy.timed(key, time.perf_counter() - start)
         return out
 

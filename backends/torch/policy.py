@@ -61,6 +61,7 @@ from typing import Any
 # 3.3 s of capture against 0.8 s eagerly); from ~650 calls on they win.
 CAPTURE_AFTER = 100
 KEEP_BELOW = 0.95  # a replay is kept when it takes at most this share of the eager step
+TIMED_CALLS = 3  # eager calls per signature timed on a GPU, each waiting for the device
 
 MODES = ("auto", "first", "never")
 
@@ -84,6 +85,7 @@ class Policy:
         self.eager_s: dict[Any, float] = {}  # the fastest eager call per signature but its first (CPU)
         self.warmed: set[Any] = set()  # signatures timed once (their first call: kernels warming up)
         self.stay_eager: set[Any] = set()  # signatures a graph would not speed up
+        self.samples: dict[Any, int] = {}  # eager calls timed per signature
 
     def expect(self, calls: int | None) -> None:
         """A run starts that plans ``calls`` calls (None: unknown)."""
@@ -114,10 +116,17 @@ class Policy:
 
     def timed(self, key: Any, seconds: float) -> None:
         """An eager call of ``key`` took ``seconds`` (the first is not counted)."""
+        self.samples[key] = self.samples.get(key, 0) + 1
         if key not in self.warmed:
             self.warmed.add(key)
             return
         self.eager_s[key] = min(seconds, self.eager_s.get(key, seconds))
+
+    def wants_time(self, key: Any) -> bool:
+        """Whether the next eager call of ``key`` is worth timing where timing
+        costs a device sync (a GPU): the warm-up and two more are all
+        ``capture`` and ``keep`` read."""
+        return self.samples.get(key, 0) < TIMED_CALLS
 
     def keep(self, key: Any, replay_s: float) -> bool:
         """Whether ``key``'s new graph, replaying in ``replay_s``, is kept
