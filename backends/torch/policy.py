@@ -21,8 +21,9 @@ eager step and a replay at every later call. So, per input signature:
   runs, so a loop of short runs (``train_on_batch`` in a custom loop) is
   captured too.
 
-One rule reads timings (on CPU; on a GPU an eager step's time without a
-sync is its launch, so there only the counts decide): a new graph whose
+One rule reads timings (on a GPU an eager step's time without a sync is its
+launch, so there the first ``TIMED_CALLS`` eager calls of a signature wait
+for the device before and after; later ones run unsynchronized): a new graph whose
 replay is not faster than the fastest eager call of its signature past the
 first (by ``KEEP_BELOW``) is dropped, before any TorchScript trace, and the
 signature runs eagerly from then on. Measured (``benchmarks/workloads_real``,
