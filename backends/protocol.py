@@ -245,14 +245,16 @@ class Backend(Protocol):
         """The context every step runs in (torch: ``no_grad``)."""
         ...
 
-    def checks_only(self) -> AbstractContextManager[None]:
+    def checks_only(self) -> AbstractContextManager[bool]:
         """The context of the loop's discarded eager first step (its checks):
-        where the engine can tell which targets a loss reaches without
-        differentiating, an outermost ``value_and_grad`` inside returns zeros
-        for those (``None`` for the rest) and skips the backward pass (torch:
-        from the autograd graph). Nested calls differentiate (an outer loss
-        may be built from their gradients). A no-op elsewhere (tensorflow; jax
-        gets the same from ``trace_only``)."""
+        an outermost ``value_and_grad`` inside skips the backward pass and
+        returns zero gradients. It yields whether those tell the targets the
+        loss reaches (zeros) from the rest (``None``): torch reads that from
+        the autograd graph (True); tensorflow cannot without a tape, so every
+        target gets zeros (False) and the loop checks reach where the step is
+        next traced or run. Nested calls differentiate (an outer loss may be
+        built from their gradients). jax: a no-op yielding True (its checks'
+        ``trace_only`` trace is forward only already)."""
         ...
 
     def resolve_jit_compile(self, value: bool | str) -> bool:

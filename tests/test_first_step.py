@@ -176,8 +176,8 @@ def test_prediction_summary_ignores_non_finite_values_and_nan_rows() -> None:
     assert tuple(keras.ops.convert_to_numpy(traps._sample(keras.ops.convert_to_tensor(wide))).shape) == (2, wide.shape[-1])
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="torch's eager first step skips its backward pass (checks_only); "
-                                               "jax traces it forward only, tensorflow's tape differentiates")
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's eager first step skips its backward pass (checks_only; "
+                                               "tensorflow: the test below); jax traces it forward only")
 def test_torch_first_step_runs_no_backward_pass() -> None:
     import torch
 
@@ -203,6 +203,54 @@ def test_torch_first_step_runs_no_backward_pass() -> None:
     model = keras.Sequential([keras.layers.Dense(8, activation="relu"), Counted(), keras.layers.Dense(4)])
     _trainer(model).fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert calls == {"forward": 2, "backward": 1}  # the checks' forward, then the real step
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tensorflow's checks_only (no tape in the checks' step)")
+def test_tensorflow_first_step_runs_no_backward_pass_and_checks_reach_in_the_trace() -> None:
+    """The checks' eager step runs without a tape: no backward pass, no held
+    activations (on the realistic LSTM its tape cost more peak memory than
+    model.fit's whole first call). Which variables the loss reaches is then
+    checked in the compiled step's trace, whose symbolic gradients say it:
+    one warning for an unreached layer."""
+    import tensorflow as tf
+
+    calls = {"backward": 0}
+
+    @tf.custom_gradient
+    def counted(x: object) -> object:
+        def grad(upstream: object) -> object:
+            calls["backward"] += 1  # Python: once per eager backward pass, once per traced one
+            return upstream
+        return tf.identity(x), grad
+
+    class Counted(keras.layers.Layer):
+        def call(self, x: object) -> object:
+            return counted(x)
+
+    class Dead(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = keras.Sequential([keras.layers.Dense(8, activation="relu"), Counted(),
+                                          keras.layers.Dense(4)])
+            self.unused = keras.layers.Dense(4)
+
+        def call(self, x: object) -> object:
+            self.unused(x)
+            return self.body(x)
+
+    x, y = _data(40)  # a ragged last batch
+    keras.utils.set_random_seed(0)
+    with pytest.warns(loops.UnusedVariableWarning, match="unused") as seen:
+        _trainer(Dead()).fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert sum(issubclass(w.category, loops.UnusedVariableWarning) for w in seen) == 1
+    assert calls == {"backward": 1}  # the compiled step's trace (one for both batch sizes); none in the checks' step
+    from loops.backends import tensorflow as engine
+
+    v = keras.Variable(np.ones((2, 2), "float32"))
+    with engine.checks_only() as reach_known:
+        loss, grads = engine.value_and_grad(lambda: tf.reduce_sum(v.value), [v], has_aux=False, state=[v])
+    assert reach_known is False and float(loss) == 4.0
+    assert [float(tf.reduce_sum(tf.abs(g))) for g in grads] == [0.0]  # zeros: reach unknown, nothing differentiated
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the torch engine's reachability walk")

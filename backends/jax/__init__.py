@@ -279,8 +279,8 @@ def step_context() -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
-def checks_only() -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext()  # (trace_only's trace is forward only already)
+def checks_only() -> contextlib.AbstractContextManager[bool]:
+    return contextlib.nullcontext(True)  # (trace_only's trace is forward only already)
 
 
 def resolve_jit_compile(value: bool | str) -> bool:

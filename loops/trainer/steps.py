@@ -135,6 +135,9 @@ class StepsMixin(StateMixin):
     _state: list[keras.Variable]
     _building: bool
     _in_first_step: bool
+    _reach_known: bool
+    _reach_check: str | None
+    _value_checks_traced: bool
     model: keras.Model | None
     jit_compile: Any
     run_eagerly: bool
@@ -223,8 +226,9 @@ class StepsMixin(StateMixin):
         self._in_first_step = True
 
         def attempt(zero_grads: bool) -> tuple[bool, _RecordingScope, list[keras.Variable]]:
-            checks = self._engine.checks_only() if zero_grads else contextlib.nullcontext()
-            with self._engine.step_context(), checks, _RecordingScope() as scope:
+            checks = self._engine.checks_only() if zero_grads else contextlib.nullcontext(True)
+            with self._engine.step_context(), checks as reach_known, _RecordingScope() as scope:
+                self._reach_known = reach_known
                 try:
                     traced = abstract and self._engine.trace_only(step, batch)
                     if not traced:
@@ -247,6 +251,10 @@ class StepsMixin(StateMixin):
             self._in_first_step = False
             for opt in optimizers:
                 vars(opt).pop("apply", None)
+        # Zero gradients for every target (tensorflow's checks_only): which variables
+        # the loss reaches is checked where the step is next traced or run.
+        self._reach_check = None if self._reach_known else "pending"
+        self._reach_known = True
         known = {id(v) for v in discover_variables(self)}
         transient = [v for v in created if id(v) not in known]
         if transient:
@@ -277,13 +285,18 @@ class StepsMixin(StateMixin):
                 _debug.with_gradient_stats(self, kind, user_step(batch)))
 
         def step(batch: Any) -> Any:
-            if not value_checks[0]:
+            reach = self._reach_check == "pending"
+            if not value_checks[0] and not reach:
                 return run(batch)  # (eager torch steps take this path at every call)
-            self._value_checks_traced = True
+            self._value_checks_traced = value_checks[0]
+            if reach:
+                self._reach_check = "now"
             try:
                 return run(batch)
             finally:
                 self._value_checks_traced = False
+                if reach:
+                    self._reach_check = None
 
         jit = self._engine.resolve_jit_compile(self.jit_compile)
         if kind not in self._step_fns or self._runner_key != self._key(jit):

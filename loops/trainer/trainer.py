@@ -162,6 +162,11 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
         self._step_fns: dict[str, Callable[[Any], Any]] = {}
         self._state: list[keras.Variable] = []
         self._in_first_step = False
+        # Whether the first step's gradients tell reached variables from unreached ones
+        # (not under tensorflow's checks_only); if not, "pending" until the step is
+        # next traced or run, where value_and_grad checks reach ("now").
+        self._reach_known = True
+        self._reach_check: str | None = None
         self._value_checks_traced = False  # tracing a compiled step that runs the first step's value checks
         self._building = False
         self._metrics_cache: list[keras.metrics.Metric] | None = None
@@ -238,7 +243,7 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
             checked, variables, inputs=input_list, has_aux=has_aux, state=state,
             detect_unused=self._in_first_step)
         _hooks.on_gradients(self, variables, out[0] if has_aux else out, grads)  # check(), debug_nans
-        if self._in_first_step:
+        if (self._in_first_step and self._reach_known) or self._reach_check == "now":
             _checks.check_no_gradient(variables, grads[:len(variables)])
         _checks.check_no_input_gradient(grads[len(variables):])
         return out, grads
