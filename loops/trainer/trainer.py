@@ -162,11 +162,8 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
         self._step_fns: dict[str, Callable[[Any], Any]] = {}
         self._state: list[keras.Variable] = []
         self._in_first_step = False
-        # Whether the first step's gradients tell reached variables from unreached ones
-        # (not under tensorflow's checks_only); if not, "pending" until the step is
-        # next traced or run, where value_and_grad checks reach ("now").
-        self._reach_known = True
-        self._reach_check: str | None = None
+        self._reach_known = True  # the first step's gradients tell unreached variables (None)
+        self._reach_check: str | None = None  # else "pending", then "now" where the step is next traced
         self._value_checks_traced = False  # tracing a compiled step that runs the first step's value checks
         self._building = False
         self._metrics_cache: list[keras.metrics.Metric] | None = None
