@@ -16,6 +16,7 @@ import contextlib
 import functools
 import os
 import threading
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import keras
@@ -45,9 +46,12 @@ class _Runner:
         gather = kind == "predict" and _dp.active()  # each process predicted its rows
 
         def step(batch: Any) -> Any:
+            start = time.perf_counter()
             with torch.no_grad():
                 out = fn(batch)
-                return _dp.gather_rows(out) if gather else out
+                out = _dp.gather_rows(out) if gather else out
+            capture.executors.collect_cycles(time.perf_counter() - start)
+            return out
 
         if eager:
             return step  # nothing is traced, so on_trace is never called

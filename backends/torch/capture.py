@@ -224,6 +224,7 @@ class CapturedStep:
             if self.on_gpu:
                 torch.cuda.synchronize()
             self.policy.timed(key, time.perf_counter() - start)
+        executors.collect_cycles(time.perf_counter() - start)
         return out
 
     def _capture(self, key: Any, batch: Any, leaves: list[Any], spec: Any, tensors: list[Any]) -> Any:
