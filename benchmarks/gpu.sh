@@ -161,9 +161,9 @@ if [[ "${GPU_STARTUP:-1}" != 0 ]]; then
   unset XLA_PYTHON_CLIENT_PREALLOCATE JAX_DEFAULT_MATMUL_PRECISION NVIDIA_TF32_OVERRIDE
   cap=${GPU_STARTUP_CAP_S:-150}
   if [[ $DRY == 1 ]]; then
-    # CI runs this per backend: the realistic-workload path alone (device memory columns
-    # included; memory and first_call have their own tests).
-    runs=("workloads_real --quick --size tiny --workloads resnet --rounds 1 --block-s 0.05 --gate-steps 2")
+    # CI runs this per backend: the realistic-workload path alone, two arms (device memory
+    # columns included; memory, first_call and the native arms have their own tests).
+    runs=("workloads_real --quick --size tiny --workloads resnet --arms trainer,keras --rounds 1 --block-s 0.05 --gate-steps 2")
   else
     runs=("memory --repeats 1" "first_call --repeats 1"
           "workloads_real --quick --size full --rounds 2 --block-s 0.3 --gate-steps 5")
