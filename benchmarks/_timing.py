@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 
-def _time_block(arm: Any, epochs: int) -> float:
+def time_block(arm: Any, epochs: int) -> float:
     start = time.perf_counter()
     arm.run(epochs)
     return time.perf_counter() - start
@@ -20,7 +20,7 @@ def _time_block(arm: Any, epochs: int) -> float:
 def epochs_per_block(arms: list[Any], steps_per_epoch: int, block_s: float) -> int:
     """Epochs per block so the fastest arm's block lasts ``block_s``
     (after one warm-up epoch per arm, which also estimates the speed)."""
-    fastest = min(_time_block(arm, 1) for arm in arms) / steps_per_epoch
+    fastest = min(time_block(arm, 1) for arm in arms) / steps_per_epoch
     return max(1, math.ceil(block_s / (fastest * steps_per_epoch)))
 
 
@@ -30,7 +30,7 @@ def rounds(arms: list[Any], steps_per_epoch: int, epochs: int, n_rounds: int) ->
     for r in range(n_rounds):
         k = r % len(arms)
         for arm in arms[k:] + arms[:k]:
-            out[arm.name].append(1e3 * _time_block(arm, epochs) / (epochs * steps_per_epoch))
+            out[arm.name].append(1e3 * time_block(arm, epochs) / (epochs * steps_per_epoch))
     return out
 
 

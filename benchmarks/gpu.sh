@@ -163,7 +163,7 @@ if [[ "${GPU_STARTUP:-1}" != 0 ]]; then
   if [[ $DRY == 1 ]]; then
     # CI runs this per backend: the realistic-workload path alone, two arms (device memory
     # columns included; memory, first_call and the native arms have their own tests).
-    runs=("workloads_real --quick --size tiny --workloads resnet --arms trainer,keras --rounds 1 --block-s 0.05 --gate-steps 2")
+    runs=("workloads_real --quick --size tiny --workloads resnet --arms trainer,keras --rounds 1 --block-s 0.05 --gate-steps 2 --warmup-steps 4")
   else
     runs=("memory --repeats 1" "first_call --repeats 1"
           "workloads_real --quick --size full --rounds 2 --block-s 0.3 --gate-steps 5")

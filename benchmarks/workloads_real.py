@@ -20,9 +20,13 @@ peak RSS is its own: the growth of the peak during its ``fit`` calls (data
 allocated before; ``/proc/self/clear_refs`` resets the peak where Linux
 allows, else ``ru_maxrss``). ``--quick`` runs the three workloads one after
 the other in one process per (backend, arm); the full run one process per
-(backend, workload, arm). Throughput: median over rounds of blocks of whole
-epochs; the arms' processes run one after the other, so the ratios are
-between processes (read them on a quiet machine). Loss gate: after the same
+(backend, workload, arm). Throughput is steady state: after the gate, every
+arm first runs ``--warmup-steps`` steps (128, whole epochs; a torch Trainer
+captures its step there once 100 calls are made, see
+``backends/torch/policy.py``), timed and reported as the warm-up; then the
+median over rounds of blocks of whole epochs. The arms' processes run one
+after the other, so the ratios are between processes (read them on a quiet
+machine). Loss gate: after the same
 ``--gate-steps`` steps from the same weights, Trainer and ``model.fit``
 losses agree to 1e-4 relative (the native arm's difference is shown, not
 gated: other kernels). Writes ``benchmarks/results/workloads_real{_quick}.{md,json}``.
@@ -50,8 +54,8 @@ WORKLOADS = ("gpt", "lstm", "resnet")
 ARMS = ("trainer", "keras", "native")
 GATE_RTOL = 1e-4
 TAG = "WORKLOADS_REAL "
-MODES = {"quick": dict(size="quick", gate=3, block_s=0.25, rounds=3),
-         "full": dict(size="full", gate=5, block_s=1.0, rounds=5)}
+MODES = {"quick": dict(size="quick", gate=3, block_s=0.25, rounds=3, warmup=128),
+         "full": dict(size="full", gate=5, block_s=1.0, rounds=5, warmup=128)}
 
 
 def _peak_reset() -> tuple[str, float]:
@@ -107,10 +111,11 @@ def make_arm(arm: str, r: R.Real, weights: list[Any], arrays: dict[str, Any]) ->
 
 
 def run_arm(name: str, arm: str, size: str = "quick", gate_steps: int = 3, block_s: float = 0.25,
-            rounds: int = 3) -> dict[str, Any]:
+            rounds: int = 3, warmup_steps: int = 128) -> dict[str, Any]:
     """One arm on one workload in this process: the gate's per-step losses
-    (the first call timed apart), then timed rounds; throughput in the
-    workload's units per second and the growth of peak RSS during it all."""
+    (the first call timed apart), a timed warm-up of ``warmup_steps`` steps
+    (whole epochs; none for 0), then timed rounds; steady-state throughput in
+    the workload's units per second and the growth of peak RSS during it all."""
     import keras
 
     r = R.SIZES[size][name]
@@ -125,13 +130,15 @@ def run_arm(name: str, arm: str, size: str = "quick", gate_steps: int = 3, block
     device_before = device.reset()
     start = time.perf_counter()
     losses = [step["loss"] for step in arm_obj.gate(gate_steps)]
+    warmup_epochs = math.ceil(warmup_steps / r.pool)
+    warmup_s = _timing.time_block(arm_obj, warmup_epochs) if warmup_epochs else 0.0
     epochs = _timing.epochs_per_block([arm_obj], r.pool, block_s)
     ms = _timing.rounds([arm_obj], r.pool, epochs, rounds)[arm_obj.name]
     median_ms = statistics.median(ms)
     return {"workload": name, "arm": arm, "size": size, "unit": r.unit, "per_step": r.per_step,
             "batch_size": r.batch_size, "seq": r.seq, "losses": losses, "first_call_s": arm_obj.first_call_s,
             "ms_per_step": median_ms, "rounds_ms": ms, "per_s": 1e3 * r.per_step / median_ms,
-            "steps_per_block": epochs * r.pool, "rss_growth_mb": _peak_growth_mb(method, before),
+            "steps_per_block": epochs * r.pool, "warmup_steps": warmup_epochs * r.pool, "warmup_s": warmup_s, "rss_growth_mb": _peak_growth_mb(method, before),
             "rss_method": method, "device_mb": device.growth_mb(device_before),
             "wall_s": time.perf_counter() - start}
 
@@ -152,7 +159,7 @@ def _worker(a: argparse.Namespace) -> int:
     out = []
     for name in a.workloads.split(","):
         print(f"[{keras.backend.backend()}] {name} {a.arm} ...", file=sys.stderr, flush=True)
-        result = run_arm(name, a.arm, a.size, a.gate_steps, a.block_s, a.rounds)
+        result = run_arm(name, a.arm, a.size, a.gate_steps, a.block_s, a.rounds, a.warmup_steps)
         result["backend"] = keras.backend.backend()
         out.append(result)
     print(TAG + json.dumps(out), flush=True)
@@ -163,7 +170,7 @@ def _launch(backend: str, arm: str, workloads: str, a: argparse.Namespace) -> li
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     cmd = [sys.executable, "-m", "benchmarks.workloads_real", "--worker", "--arm", arm, "--workloads", workloads,
            "--size", a.size, "--gate-steps", str(a.gate_steps), "--block-s", str(a.block_s),
-           "--rounds", str(a.rounds)]
+           "--rounds", str(a.rounds), "--warmup-steps", str(a.warmup_steps)]
     return _timing.run_worker(cmd, env, TAG, f"{backend} {arm} {workloads}", timeout=1800)
 
 
@@ -182,8 +189,10 @@ def markdown(results: dict[str, Any], machine: str, a: argparse.Namespace, faile
              f"Machine: {machine}. Sizes: `{a.size}`; {a.rounds} rounds of >= {a.block_s} s blocks, median; "
              "each arm in its own process. Throughput in tokens/s (gpt, lstm) or samples/s (resnet); "
              "a = Trainer.fit, b = model.fit, c = native loop; a/b and a/c are throughput ratios (> 1: the "
-             "Trainer is faster), between processes run one after the other. First call: the first step's "
-             "fit call (trace, compile, capture). Peak RSS growth: during the arm's fit calls"
+             "Trainer is faster), between processes run one after the other, in the steady state: after a "
+             f"warm-up of {a.warmup_steps} steps (whole epochs) per arm, timed (a torch Trainer captures its "
+             "step there, after 100 calls). First call: the first step's fit call (trace, compile, capture). "
+             "Peak RSS growth: during the arm's fit calls"
              + ("; quick runs the workloads one after the other in one process per arm, so a later workload "
                 "may reuse memory an earlier one freed" if a.quick else "") + ". Loss gate: a vs b over the "
              f"first {a.gate_steps} steps from the same weights, rtol {GATE_RTOL:g}; a vs c shown, not gated.", ""]
@@ -202,8 +211,8 @@ def markdown(results: dict[str, Any], machine: str, a: argparse.Namespace, faile
     on_gpu = any(arm.get("device_mb") is not None for per_wl in results.values() for arms in per_wl.values()
                  for k, arm in arms.items() if not k.startswith("_"))
     lines += ["", "| backend | workload | a | b | c | a/b | a/c | first call s (a / b / c) "
-              "| peak RSS growth MB (a / b / c) " + ("| peak device MB (a / b / c) " if on_gpu else "")
-              + "| gate a vs b | a vs c |", "|---" * (12 if on_gpu else 11) + "|"]
+              "| warm-up s (a / b / c) | peak RSS growth MB (a / b / c) " + ("| peak device MB (a / b / c) " if on_gpu else "")
+              + "| gate a vs b | a vs c |", "|---" * (13 if on_gpu else 12) + "|"]
     for backend, per_wl in results.items():
         for name, arms in per_wl.items():
             get = lambda arm, key: arms[arm][key] if arm in arms else None  # noqa: E731
@@ -211,6 +220,8 @@ def markdown(results: dict[str, Any], machine: str, a: argparse.Namespace, faile
             ratio = lambda x, y: f"{x / y:.2f}" if x and y else "—"  # noqa: E731
             first = " / ".join("—" if get(arm, "first_call_s") is None else f"{get(arm, 'first_call_s'):.2f}"
                                for arm in ARMS)
+            warm = " / ".join("—" if get(arm, "warmup_s") is None else f"{get(arm, 'warmup_s'):.2f}"
+                              for arm in ARMS)
             rss = " / ".join("—" if get(arm, "rss_growth_mb") is None else f"{get(arm, 'rss_growth_mb'):.0f}"
                              for arm in ARMS)
             dev = f"| {' / '.join(_fmt_mb(get(arm, 'device_mb')) for arm in ARMS)} " if on_gpu else ""
@@ -220,7 +231,7 @@ def markdown(results: dict[str, Any], machine: str, a: argparse.Namespace, faile
             ac = gate.get("trainer_vs_native")
             lines.append(f"| {backend} | {name} | {_fmt_rate(rate['trainer'])} | {_fmt_rate(rate['keras'])} "
                          f"| {_fmt_rate(rate['native'])} | {ratio(rate['trainer'], rate['keras'])} "
-                         f"| {ratio(rate['trainer'], rate['native'])} | {first} | {rss} {dev}| {verdict} "
+                         f"| {ratio(rate['trainer'], rate['native'])} | {first} | {warm} | {rss} {dev}| {verdict} "
                          f"| {'—' if ac is None else f'{ac:.0e}'} |")
     methods = sorted({arm["rss_method"] for per_wl in results.values() for arms in per_wl.values()
                       for k, arm in arms.items() if not k.startswith("_")})
@@ -254,7 +265,7 @@ def _write(results: dict[str, Any], a: argparse.Namespace, mode: dict[str, Any],
         f.write(text)
     with open(os.path.join(a.out, f"{stem}.json"), "w") as f:
         json.dump({"machine": _machine(), "note": a.note, "size": a.size, "gate_steps": a.gate_steps,
-                   "block_s": a.block_s, "rounds": a.rounds, "failed": failed, "results": results}, f, indent=1)
+                   "block_s": a.block_s, "rounds": a.rounds, "warmup_steps": a.warmup_steps, "failed": failed, "results": results}, f, indent=1)
     return text
 
 
@@ -268,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gate-steps", type=int, default=None)
     p.add_argument("--block-s", type=float, default=None)
     p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="steps each arm runs after the gate, before the timed rounds (128; whole epochs)")
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--note", default="", help="a line for the report's head (e.g. the machine's load)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -275,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     mode = MODES["quick" if a.quick else "full"]
     for key, value in (("size", mode["size"]), ("gate_steps", mode["gate"]), ("block_s", mode["block_s"]),
-                       ("rounds", mode["rounds"])):
+                       ("rounds", mode["rounds"]), ("warmup_steps", mode["warmup"])):
         if getattr(a, key) is None:
             setattr(a, key, value)
     if a.worker:

@@ -54,12 +54,14 @@ def test_first_call_probes_find_every_phase(arm, capture_first):
 
 @pytest.mark.parametrize("name", ["gpt", "lstm", "resnet"])
 def test_real_workload_arms_train_and_trainer_matches_model_fit(name):
-    runs = {arm: workloads_real.run_arm(name, arm, size="tiny", gate_steps=3, block_s=0.0, rounds=1)
+    runs = {arm: workloads_real.run_arm(name, arm, size="tiny", gate_steps=3, block_s=0.0, rounds=1,
+                                               warmup_steps=6)
             for arm in ("trainer", "keras", "native")}
     for arm, r in runs.items():
         assert len(r["losses"]) == 3 and all(math.isfinite(v) and v > 0 for v in r["losses"]), (arm, r["losses"])
         assert math.isfinite(r["per_s"]) and r["per_s"] > 0 and r["first_call_s"] > 0, (arm, r)
         assert math.isfinite(r["rss_growth_mb"]) and r["rss_growth_mb"] >= 0, (arm, r)
+        assert r["warmup_steps"] == 8 and r["warmup_s"] > 0, (arm, r)  # whole epochs of 4 batches
     losses = runs["trainer"]["losses"]
     assert losses[-1] < losses[0], losses  # it learns
     # Same weights, same batches, same Keras kernels: the same losses.

@@ -152,3 +152,8 @@ def test_execution_modes_give_the_same_training(options):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert other.evaluate(x, y, return_dict=True, verbose=0) == pytest.approx(
         base.evaluate(x, y, return_dict=True, verbose=0), rel=1e-5)
+    if "jit_compile" in options:
+        # Compiled once per kind, however many calls (torch.compile once guarded on a clock
+        # read in the step's wrapper and recompiled at every call); a second fit compiles nothing.
+        other.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        assert other.trace_counts == {"train": 1, "test": 1}, other.trace_counts

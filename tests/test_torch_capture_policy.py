@@ -217,3 +217,48 @@ def test_on_a_gpu_the_eager_step_is_timed_with_device_syncs_so_a_slower_graph_is
     assert graphs.seen == [0] * 16 and step.policy.stay_eager  # measured, dropped, eager from then on
     assert step.policy.samples == {k: policy.TIMED_CALLS for k in step.policy.samples}
     assert len(syncs) == 2 * policy.TIMED_CALLS  # before and after each timed call; none later
+
+
+class _TorchLSTMNet(keras.Model):
+    """A subclassed model over ``torch.nn.LSTM`` (which calls torch's fused
+    ``torch.lstm`` kernel, as Keras's own torch LSTM does on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        import torch
+
+        torch.manual_seed(0)
+        self.rnn = keras.layers.TorchModuleWrapper(torch.nn.LSTM(4, 8, batch_first=True))
+        self.head = keras.layers.Dense(1)
+
+    def call(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def test_a_step_calling_a_fused_recurrent_kernel_is_never_captured(small_threshold, monkeypatch):
+    """A trace decomposes torch.lstm into its per-timestep ops (on an H200 the
+    captured LSTM replayed 4.6x slower than the eager cuDNN step), so a
+    signature whose first call runs a fused recurrent kernel stays eager
+    without a capture attempt; a model without one is still captured."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5, 4)).astype("float32")
+    y = x[:, -1, :1]
+    from loops.backends.torch import policy
+
+    monkeypatch.setattr(policy, "KEEP_BELOW", float("inf"))  # any graph is kept: only the new rule refuses
+    trainer = Trainer(_TorchLSTMNet(), keras.optimizers.Adam(0.01), "mse")
+    graphs = Graphs(trainer)
+    got = trainer.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[graphs]).history
+    step = trainer._runner.captured["train"]
+    assert graphs.seen == [0] * 16 and trainer.trace_counts == {"train": 0}  # no capture was even tried
+    assert step.fused_recurrence == "torch.lstm" and step.policy.stay_eager
+    assert got["loss"][-1] < got["loss"][0]
+    # The same run without the fused kernel (Keras's CPU LSTM steps in Python): captured at the third call.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.LSTM(8), keras.layers.Dense(1)])
+    trainer = Trainer(model, keras.optimizers.Adam(0.01), "mse")
+    graphs = Graphs(trainer)
+    trainer.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[graphs])
+    assert trainer._runner.captured["train"].fused_recurrence is None
+    assert graphs.seen == [0, 0] + [1] * 14 and trainer.trace_counts == {"train": 1}

@@ -352,16 +352,22 @@ def loop_steps(step: Callable[[Any], Any], variables: Sequence[keras.Variable]) 
     variables = list(variables)
 
     def run(stacked: Any) -> Any:
+        carried: list[Any] = []  # what the first step's value checks staged in the body (Gate)
+
         # Runs inside the compiled step's StatelessScope: the carry starts from
         # (and ends in) the values that scope maps the variables to.
         def body(values: list[Any], batch: Any) -> tuple[list[Any], Any]:
-            with keras.StatelessScope(state_mapping=list(zip(variables, values)), collect_losses=True) as scope:
+            with _first_call.inner() as staged, \
+                    keras.StatelessScope(state_mapping=list(zip(variables, values)), collect_losses=True) as scope:
                 logs = step(batch)
-            return [scope.get_current_value(v) for v in variables], logs
+            carried[:] = staged
+            return [scope.get_current_value(v) for v in variables], (logs, [t for _, ts in staged for t in ts])
 
-        values, logs = jax.lax.scan(body, [v.value for v in variables], stacked)
+        values, (logs, staged) = jax.lax.scan(body, [v.value for v in variables], stacked)
         for v, value in zip(variables, values):
             v.assign(value)
+        # A checked step: the checks read the loop's first step (its batch is the one traced for them).
+        _first_call.restage(carried, [t[0] for t in staged])
         return jax.tree_util.tree_map(lambda t: t[-1], logs)
 
     return run

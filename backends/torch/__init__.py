@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import distributed as _dp
-from . import capture
+from . import capture, executors
 from .distributed import data_parallel, replicas  # noqa: F401  (protocol functions)
 
 NAME = "torch"
@@ -45,12 +45,15 @@ class _Runner:
         del checks  # trace_only never takes the first step here: its checks ran eagerly
         gather = kind == "predict" and _dp.active()  # each process predicted its rows
 
-        def step(batch: Any) -> Any:
-            start = time.perf_counter()
+        def body(batch: Any) -> Any:
             with torch.no_grad():
                 out = fn(batch)
-                out = _dp.gather_rows(out) if gather else out
-            capture.executors.collect_cycles(time.perf_counter() - start)
+                return _dp.gather_rows(out) if gather else out
+
+        def step(batch: Any) -> Any:
+            start = time.perf_counter()
+            out = body(batch)
+            executors.collect_cycles(time.perf_counter() - start)
             return out
 
         if eager:
@@ -62,9 +65,11 @@ class _Runner:
             # policy.py decides from expect()), later calls replay it (capture.py).
             self.captured[kind] = capture.CapturedStep(fn, self.variables, on_trace)
             return self.captured[kind]
+        # (torch.compile takes the body alone: a clock read or gc.collect inside
+        # would break its graph and guard on the clock's value, recompiling at every call)
         if on_trace is None:
-            return torch.compile(step)
-        return _counting_compiles(step, on_trace)
+            return torch.compile(body, backend=_counting_inductor)
+        return _counting_compiles(body, on_trace)
 
     def expect(self, kind: str, calls: int | None) -> None:
         # Capture pays off only over many calls: the policy weighs the plan (policy.py).
@@ -82,22 +87,27 @@ def _counting_compiles(step: Callable[[Any], Any], on_trace: Callable[[Any], Non
     at every call, so the step's own Python cannot count traces; its backend
     (inductor, wrapped) is called once per graph it compiles. A call that
     compiles several graphs (graph breaks) counts once."""
-    compiled_now = [False]
-
-    def backend(gm: Any, example_inputs: Any) -> Any:
-        compiled_now[0] = True
-        return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
-
-    compiled = torch.compile(step, backend=backend)
+    compiled = torch.compile(step, backend=_counting_inductor)
 
     def run(batch: Any) -> Any:
-        compiled_now[0] = False
+        _compiles.now = False
         out = compiled(batch)
-        if compiled_now[0]:
+        if _compiles.now:
             on_trace(batch)
         return out
 
     return run
+
+
+_compiles = threading.local()  # .now: whether dynamo compiled a graph during this thread's call
+
+
+def _counting_inductor(gm: Any, example_inputs: Any) -> Any:
+    """Inductor, noting that it compiled. One function for every compiled
+    step: dynamo guards on the backend's identity, and the steps of a process
+    share their code (a new backend per step recompiled every step it met)."""
+    _compiles.now = True
+    return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
 
 
 def make_runner(variables: Sequence[keras.Variable]) -> _Runner:

@@ -21,6 +21,13 @@ eager step and a replay at every later call. So, per input signature:
   runs, so a loop of short runs (``train_on_batch`` in a custom loop) is
   captured too.
 
+A signature whose first call runs one of torch's fused recurrent kernels
+(``torch.lstm``/``gru``, which Keras's torch LSTM and GRU call on a GPU, as
+``torch.nn.LSTM`` does everywhere) is never captured: a trace decomposes the
+kernel into its per-timestep ops (an LSTM of 64 steps on an H200: the graph
+replayed at 54 ms a step, the eager step took 12 ms), and the capture itself
+cost 4 s and ~90 MB of host memory before the timing rule below dropped it.
+
 One rule reads timings (on a GPU an eager step's time without a sync is its
 launch, so there the first ``TIMED_CALLS`` eager calls of a signature wait
 for the device before and after; later ones run unsynchronized): a new graph whose
@@ -122,6 +129,14 @@ class Policy:
             self.warmed.add(key)
             return
         self.eager_s[key] = min(seconds, self.eager_s.get(key, seconds))
+
+    def first_call(self, key: Any) -> bool:
+        """Whether the coming eager call is ``key``'s first (its warm-up)."""
+        return key not in self.warmed
+
+    def refuse(self, key: Any) -> None:
+        """``key`` is never captured (its step calls what a trace would make slower)."""
+        self.stay_eager.add(key)
 
     def wants_time(self, key: Any) -> bool:
         """Whether the next eager call of ``key`` is worth timing where timing

@@ -120,6 +120,13 @@ class StateMixin:
         """Every Keras model/layer held as an attribute, in attribute order."""
         return [o for o in owned_objects(self) if isinstance(o, keras.Layer)]
 
+    def _step_models(self) -> list[keras.Layer]:
+        """``models`` as the step's set-up (``_key``) found them: walked inside a
+        step, the attributes (every dict and list the trainer holds) would be
+        guarded by torch.compile, which then recompiles when any of them changes."""
+        cached = vars(self).get("_models_cache")
+        return cached if cached is not None else self.models
+
     @property
     def optimizers(self) -> list[keras.optimizers.Optimizer]:
         return [o for o in owned_objects(self) if isinstance(o, keras.optimizers.Optimizer)]

@@ -303,12 +303,10 @@ class StepsMixin(StateMixin):
             self._sync()
             eager = bool(self.run_eagerly)
             try:
-                # (steps_per_execution: the steps run inside a loop, whose body the
-                # value checks' outputs cannot leave: that first step runs eagerly)
-                looped = self.steps_per_execution > 1 and kind != "predict"
+                # (steps_per_execution: the loop's first step carries the value
+                # checks' tensors out of the loop: loop_steps)
                 value_checks[0] = self._first_step(step, self._engine.to_native(sample), kind,
-                                                   abstract=not eager and jit and not looped,
-                                                   forward_only=True)
+                                                   abstract=not eager and jit, forward_only=True)
             except Exception as e:
                 _checks.explain_string_inputs(sample, e)  # raises a clear error if strings were the cause
                 raise
@@ -338,5 +336,6 @@ class StepsMixin(StateMixin):
     def _key(self, jit: bool) -> tuple[Any, ...]:
         self._state = discover_variables(self)
         self._metrics_cache = None  # attributes or built metrics may have changed
+        self._models_cache = self.models
         return (tuple(id(v) for v in self._state), bool(self.run_eagerly), jit, self.steps_per_execution,
                 _distributed.current(self).key)  # data parallel or not: steps compile differently

@@ -279,7 +279,7 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
                 _traps.record_loss(self, loss)
             if loss is not None:
                 losses.append(loss)
-        for model in self.models:
+        for model in self._step_models():
             for extra in model.losses:
                 if not keras.backend.is_float_dtype(extra.dtype):
                     extra = keras.ops.cast(extra, keras.backend.floatx())
