@@ -69,8 +69,10 @@ class _Runner:
         else:
             # State keeps its layout (replicated, or split by a LayoutMap);
             # logs and predictions come back replicated (readable on every host).
-            jitted = jax.jit(pure, donate_argnums=0, out_shardings=(
-                _dp.replicated(distribution), _dp.variable_shardings(distribution, variables)))
+            shardings = (_dp.replicated(distribution), _dp.variable_shardings(distribution, variables))
+            if gate is not None:  # the value checks' tensors come back whole
+                shardings += (_dp.replicated(distribution),)
+            jitted = jax.jit(pure, donate_argnums=0, out_shardings=shardings)
 
         def step(batch: Any) -> Any:
             if self._values is None:
@@ -266,8 +268,8 @@ def to_step_input(batch: Any) -> Any:
 
 
 def trace_only(fn: Callable[[Any], Any], batch: Any) -> bool:
-    if jax.process_count() > 1 or _dp.current() is not None:
-        return False  # sharded steps keep the eager first step (checks on global arrays)
+    if jax.process_count() > 1:
+        return False  # steps over several processes keep the eager first step (checks on global arrays)
     return _first_call.trace_only(fn, batch)
 
 
