@@ -69,7 +69,8 @@ class _Runner:
         else:
             # State keeps its layout (replicated, or split by a LayoutMap);
             # logs and predictions come back replicated (readable on every host).
-            shardings = (_dp.replicated(distribution), _dp.variable_shardings(distribution, variables))
+            shardings: tuple[Any, ...] = (_dp.replicated(distribution),
+                                          _dp.variable_shardings(distribution, variables))
             if gate is not None:  # the value checks' tensors come back whole
                 shardings += (_dp.replicated(distribution),)
             jitted = jax.jit(pure, donate_argnums=0, out_shardings=shardings)
