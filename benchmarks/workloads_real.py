@@ -215,7 +215,7 @@ def markdown(results: dict[str, Any], machine: str, a: argparse.Namespace, faile
               + "| gate a vs b | a vs c |", "|---" * (13 if on_gpu else 12) + "|"]
     for backend, per_wl in results.items():
         for name, arms in per_wl.items():
-            get = lambda arm, key: arms[arm][key] if arm in arms else None  # noqa: E731
+            get = lambda arm, key: arms[arm].get(key) if arm in arms else None  # noqa: E731
             rate = {arm: get(arm, "per_s") for arm in ARMS}
             ratio = lambda x, y: f"{x / y:.2f}" if x and y else "—"  # noqa: E731
             first = " / ".join("—" if get(arm, "first_call_s") is None else f"{get(arm, 'first_call_s'):.2f}"
