@@ -91,10 +91,41 @@ def runs(out):
         found["local_disks"] = None
     except Exception as e:  # noqa: BLE001 - reported to the test
         found["local_disks"] = f"{type(e).__name__}: {e}"
+    import keras
+
+    if keras.backend.backend() == "jax":
+        found["label_error"] = _label_error()
     if os.path.isdir(os.path.join(out, "from-one")):
         t = _dist_case.trainer()
         found["from_one"] = _result(t, _dist_case.fit(t, os.path.join(out, "from-one")))
     return found
+
+
+def _label_error():
+    """jax: the first step's checks are traced over the processes too; a label
+    out of range on the last process's rows of the first global batch stops
+    every process, naming the global row, with the weights as they were."""
+    import numpy as np
+
+    from loops.backends.jax import first_call
+
+    traced = []
+    trace_only = first_call.trace_only
+    first_call.trace_only = lambda fn, batch: traced.append(trace_only(fn, batch)) or traced[-1]
+    try:
+        t = _dist_case.trainer()
+        before = [w.tolist() for w in t.get_weights()]
+        (x, y), _ = _dist_case.data()
+        bad = np.array(y)
+        bad[_dist_case.BATCH - 1] = 9
+        try:
+            t.fit(x, bad, batch_size=_dist_case.BATCH, epochs=1, shuffle=False, verbose=0)
+            error = None
+        except ValueError as e:
+            error = str(e)
+        return {"traced": traced, "error": error, "unchanged": [w.tolist() for w in t.get_weights()] == before}
+    finally:
+        first_call.trace_only = trace_only
 
 
 def kill(out, rank):

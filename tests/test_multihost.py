@@ -156,6 +156,17 @@ def test_two_hosts_train_evaluate_and_predict_like_one_process(runs, reference):
     assert [r["process_index"] for r in ranks] == [0, 1]
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="jax traces the first step's checks over the processes")
+def test_a_label_error_on_one_process_s_rows_stops_every_process_with_the_weights_as_they_were(runs):
+    _, results = runs
+    for rank, result in enumerate(results):
+        got = result["label_error"]
+        assert got["traced"] == [True], (rank, got["traced"])  # no eager first step
+        assert got["error"] and "range over 0..9" in got["error"], (rank, got["error"])
+        assert f"rows [{_dist_case.BATCH - 1}]" in got["error"], (rank, got["error"])  # the global batch's row
+        assert got["unchanged"], rank
+
+
 def test_only_the_chief_writes_files(runs):
     out, ranks = runs
     assert ranks[1]["written"] == [], ranks[1]["written"]  # not a checkpoint, not a temp file, not a probe

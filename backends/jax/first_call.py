@@ -191,6 +191,7 @@ def copies(values: list[Any]) -> list[Any]:
     """New buffers with the same contents, without a compiled copy per shape
     (``jnp.array(copy=True)`` compiles one: ~10 ms each on the first call)."""
     try:
-        return [jax.device_put(v, may_alias=False) for v in values]
+        # (each value's own sharding: a global array spans processes)
+        return [jax.device_put(v, getattr(v, "sharding", None), may_alias=False) for v in values]
     except TypeError:  # jax < 0.4.31 has no may_alias
         return [jax.numpy.array(v, copy=True) for v in values]
