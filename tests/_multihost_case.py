@@ -93,25 +93,25 @@ def runs(out):
         found["local_disks"] = f"{type(e).__name__}: {e}"
     import keras
 
-    if keras.backend.backend() == "jax":
-        found["label_error"] = _label_error()
+    found["label_error"] = _label_error(keras.backend.backend() == "jax")
     if os.path.isdir(os.path.join(out, "from-one")):
         t = _dist_case.trainer()
         found["from_one"] = _result(t, _dist_case.fit(t, os.path.join(out, "from-one")))
     return found
 
 
-def _label_error():
-    """jax: the first step's checks are traced over the processes too; a label
-    out of range on the last process's rows of the first global batch stops
-    every process, naming the global row, with the weights as they were."""
+def _label_error(jax):
+    """A label out of range on the last process's rows of the first global
+    batch stops every process, naming the global row, with the weights as
+    they were (jax: with the first step's checks only traced, recorded)."""
     import numpy as np
 
-    from loops.backends.jax import first_call
-
     traced = []
-    trace_only = first_call.trace_only
-    first_call.trace_only = lambda fn, batch: traced.append(trace_only(fn, batch)) or traced[-1]
+    if jax:
+        from loops.backends.jax import first_call
+
+        trace_only = first_call.trace_only
+        first_call.trace_only = lambda fn, batch: traced.append(trace_only(fn, batch)) or traced[-1]
     try:
         t = _dist_case.trainer()
         before = [w.tolist() for w in t.get_weights()]
@@ -125,7 +125,8 @@ def _label_error():
             error = str(e)
         return {"traced": traced, "error": error, "unchanged": [w.tolist() for w in t.get_weights()] == before}
     finally:
-        first_call.trace_only = trace_only
+        if jax:
+            first_call.trace_only = trace_only
 
 
 def kill(out, rank):
