@@ -103,7 +103,7 @@ def runs(out):
 def _label_error(jax):
     """A label out of range on the last process's rows of the first global
     batch stops every process, naming the global row, with the weights as
-    they were (jax: with the first step's checks only traced, recorded)."""
+    they were (jax: whether the first step's checks were only traced, recorded)."""
     import numpy as np
 
     traced = []

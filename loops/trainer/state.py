@@ -41,6 +41,15 @@ def _variables_of(obj: Any) -> list[keras.Variable]:
     return list(obj.variables)
 
 
+class Held:
+    """A value kept on a trainer that the attribute walk (``_owned``) does not enter."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
 def owned_objects(owner: Any) -> list[Any]:
     """Stateful objects held in ``owner``'s attributes, in attribute order."""
     found: list[Any] = []
@@ -121,11 +130,12 @@ class StateMixin:
         return [o for o in owned_objects(self) if isinstance(o, keras.Layer)]
 
     def _step_models(self) -> list[keras.Layer]:
-        """``models`` as the step's set-up (``_key``) found them: walked inside a
-        step, the attributes (every dict and list the trainer holds) would be
-        guarded by torch.compile, which then recompiles when any of them changes."""
-        cached = vars(self).get("_models_cache")
-        return cached if cached is not None else self.models
+        """``models`` as the step's set-up (``_step_fn``, ``_key``) found them:
+        walked inside a step, the attributes (every dict and list the trainer
+        holds) would be guarded by torch.compile, which then recompiles when
+        any of them changes."""
+        held = vars(self).get("_models_cache")
+        return held.value if held is not None else self.models
 
     @property
     def optimizers(self) -> list[keras.optimizers.Optimizer]:

@@ -32,7 +32,7 @@ from loops.data import padding as _padding
 from loops.debug import diagnostics as _debug
 from loops.debug import nans as _nans
 from loops.trainer import checks as _checks
-from loops.trainer.state import StateMixin, discover_variables
+from loops.trainer.state import Held, StateMixin, discover_variables
 
 
 class _RecordingScope(keras.StatelessScope):
@@ -275,6 +275,7 @@ class StepsMixin(StateMixin):
         """The compiled function for ``kind``, built on first use (and again
         when the set of variables or the compile options change)."""
         user_step = {"train": self.train_step, "test": self.test_step, "predict": self.predict_step}[kind]
+        self._models_cache = Held(self.models)  # (a model may have been replaced since the last run)
 
         value_checks = [False]  # the first step was only traced: its value checks go in the compiled step
 
@@ -336,6 +337,6 @@ class StepsMixin(StateMixin):
     def _key(self, jit: bool) -> tuple[Any, ...]:
         self._state = discover_variables(self)
         self._metrics_cache = None  # attributes or built metrics may have changed
-        self._models_cache = self.models
+        self._models_cache = Held(self.models)
         return (tuple(id(v) for v in self._state), bool(self.run_eagerly), jit, self.steps_per_execution,
                 _distributed.current(self).key)  # data parallel or not: steps compile differently
