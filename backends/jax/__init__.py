@@ -69,7 +69,6 @@ class _Runner:
         else:
             # State keeps its layout (replicated, or split by a LayoutMap);
             # logs and predictions come back replicated (readable on every host).
-            # (no checks traced here: trace_only keeps sharded steps' first step eager)
             jitted = jax.jit(pure, donate_argnums=0, out_shardings=(
                 _dp.replicated(distribution), _dp.variable_shardings(distribution, variables)))
 
@@ -270,10 +269,7 @@ def to_step_input(batch: Any) -> Any:
 
 def trace_only(fn: Callable[[Any], Any], batch: Any) -> bool:
     if jax.process_count() > 1 or _dp.current() is not None:
-        # Sharded steps keep the eager first step: the check tensors would come
-        # back replicated from every call of the compiled step, an all-gather
-        # per step for a check read once (traced, it ran and passed the tests).
-        return False
+        return False  # sharded: eager (traced, the checks' tensors would be all-gathered at every call)
     return _first_call.trace_only(fn, batch)
 
 
