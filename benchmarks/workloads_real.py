@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("rounds", mode["rounds"]), ("warmup_steps", mode["warmup"])):
         if getattr(a, key) is None:
             setattr(a, key, value)
+    if a.warmup_steps < 0:
+        p.error(f"--warmup-steps must be 0 (no warm-up) or a positive number of steps; got {a.warmup_steps}")
     if a.worker:
         return _worker(a)
     start = time.perf_counter()

@@ -197,16 +197,14 @@ def tracing() -> bool:
 
 def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
     tensors = list(tensors)
-    gate = _first_call.current()
-    if gate is not None and any(isinstance(t, jax.core.Tracer) for t in tensors):
-        # A checked step being compiled: fn runs after its first call, on
-        # outputs that come back replicated (whole on every process).
-        gate.stage(fn, tensors)
-        return
     if jax.process_count() > 1:  # global arrays span processes: every process sees all of each value
         tensors = _dp.everywhere(tensors)
     if not any(isinstance(t, jax.core.Tracer) for t in tensors):
         fn(*[np.asarray(t) for t in tensors])
+        return
+    gate = _first_call.current()
+    if gate is not None:  # a checked step being compiled: fn runs after its first call
+        gate.stage(fn, tensors)
         return
     # Inside jax.value_and_grad (eager) the values are tracers; a debug
     # callback receives their concrete values at once (under make_jaxpr it is
