@@ -35,7 +35,27 @@ from loops.trainer import checks as _checks
 from loops.trainer.state import Held, StateMixin, discover_variables
 
 
-class _RecordingScope(keras.StatelessScope):
+class _ReadThroughScope(keras.StatelessScope):
+    """A throwaway scope whose reads of variables not assigned in it see the
+    variables' values. Keras's own scope answers None for them, which
+    ``Layer.losses`` hands to weight regularizers as the weight."""
+
+    def __init__(self, collect_losses: bool = False) -> None:
+        super().__init__(collect_losses=collect_losses)
+        self._reading = False
+
+    def get_current_value(self, variable: Any) -> Any:
+        value = self.state_mapping.get(id(variable))
+        if value is not None or self._reading:
+            return value  # (re-entered from variable.value below: its own storage)
+        self._reading = True
+        try:
+            return variable.value
+        finally:
+            self._reading = False
+
+
+class _RecordingScope(_ReadThroughScope):
     """A throwaway scope that remembers every variable a step assigns."""
 
     def __init__(self) -> None:
@@ -179,7 +199,7 @@ class StepsMixin(StateMixin):
             opt.apply = _build_only(opt, building=True)
         self._building = True
         try:
-            with self._engine.step_context(), keras.StatelessScope():
+            with self._engine.step_context(), _ReadThroughScope():
                 try:
                     if not (abstract and self._engine.trace_only(step, batch)):
                         step(batch)
