@@ -223,9 +223,11 @@ def test_padding_shards_use_the_whole_batch_counts():
     shard = _padding.with_totals(batch)
     means, weights = [], []
     for lo, hi in ((0, 4), (4, 8)):
-        part = keras.tree.map_structure(lambda a, lo=lo, hi=hi: a[lo:hi], shard)
-        (_, _, sw), pad = _padding.unwrap(keras.tree.map_structure(keras.ops.convert_to_tensor, part))
-        w = keras.ops.convert_to_numpy(pad.loss_weight(sw))
+        part = keras.tree.map_structure(lambda a, lo=lo, hi=hi: None if a is None else a[lo:hi], shard)
+        (_, y, sw), pad = _padding.unwrap(keras.tree.map_structure(
+            lambda a: None if a is None else keras.ops.convert_to_tensor(a), part))
+        assert sw is None  # (no weights given: the step makes them from the mask, shaped to y_pred)
+        w = keras.ops.convert_to_numpy(pad.loss_weight(sw, y)).reshape(-1)
         means.append(float(np.mean(w * losses[lo:hi])))  # "sum_over_batch_size" on the shard
         weights.append(float(keras.ops.convert_to_numpy(pad.count)))
     assert np.mean(means) == pytest.approx(3.0)  # (1 + 2 + 6) / 3

@@ -491,3 +491,51 @@ def test_regularizers_and_added_losses_count_as_model_fit_counts_them(name, mode
     assert evaluated > float(ops.convert_to_numpy(SCE(y, t.predict(x, verbose=0)))) + 1e-4
     for a, b in zip(ref.get_weights(), t.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _dense_outputs():
+    inputs = keras.Input((4, 4, 2))
+    image = keras.layers.Conv2D(2, 3, padding="same", name="image", **INIT)(inputs)
+    label = keras.layers.Dense(3, name="label", **INIT)(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, {"image": image, "label": label})
+
+
+@pytest.mark.parametrize("case", ["image_mse", "segmentation", "mixed_ranks", "sequence"])
+def test_outputs_of_any_rank_train_over_a_ragged_last_batch_as_model_fit(case):
+    # (a ragged last batch is padded and masked: its weights once had shape
+    # (rows,), which Keras's losses cannot broadcast against an image-shaped loss)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(23, 4, 4, 2)).astype("float32")  # 23 rows: batches of 10, 10, 3
+    if case == "image_mse":
+        def make():
+            return keras.Sequential([keras.layers.Conv2D(2, 3, padding="same", **INIT)])
+        y, loss = rng.normal(size=(23, 4, 4, 2)).astype("float32"), "mse"
+    elif case == "segmentation":
+        def make():
+            return keras.Sequential([keras.layers.Conv2D(3, 3, padding="same", **INIT)])
+        y, loss = rng.integers(0, 3, size=(23, 4, 4)).astype("int32"), SCE
+    elif case == "mixed_ranks":
+        make = _dense_outputs
+        y = {"image": rng.normal(size=(23, 4, 4, 2)).astype("float32"),
+             "label": rng.integers(0, 3, size=(23,)).astype("int32")}
+        loss = {"image": "mse", "label": SCE}
+    else:
+        x = x.reshape(23, 8, 4)
+        def make():
+            return keras.Sequential([keras.layers.Dense(3, **INIT)])  # per time step: y_pred (rows, 8, 3)
+        y, loss = rng.integers(0, 3, size=(23, 8)).astype("int32"), SCE
+    fit = dict(batch_size=10, epochs=2, shuffle=False, verbose=0, validation_split=0.3)
+    ref = make()
+    # (eager on tensorflow: Keras's compiled tf step weighs a partial batch's per-output
+    # losses as a full one's; see test_per_output_loss_logs_of_a_ragged_last_batch_weigh_rows...)
+    ref.compile(keras.optimizers.SGD(0.1), loss, run_eagerly=BACKEND == "tensorflow")
+    hk = ref.fit(x, y, **fit)
+    t = Trainer(make(), keras.optimizers.SGD(0.1), loss)
+    h = t.fit(x, y, **fit)
+    assert h.history.keys() == hk.history.keys()
+    for key in hk.history:
+        np.testing.assert_allclose(h.history[key], hk.history[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    for a, b in zip(ref.get_weights(), t.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # evaluate: one batch larger than the data (padded up to 32 rows)
+    np.testing.assert_allclose(t.evaluate(x, y, verbose=0), ref.evaluate(x, y, verbose=0), rtol=1e-5, atol=1e-6)

@@ -229,7 +229,7 @@ class Replicas:
                 n = a.shape[0] // local
                 return a[i * n:(i + 1) * n]
 
-            return tf.nest.map_structure(lambda a: tf.convert_to_tensor(rows(a)), batch)
+            return tf.nest.map_structure(lambda a: None if a is None else tf.convert_to_tensor(rows(a)), batch)
 
         shards = [shard(i) for i in range(local)]
         return self.strategy.experimental_distribute_values_from_function(

@@ -140,7 +140,7 @@ class Replicas:
         return contextlib.nullcontext()
 
     def to_native(self, batch: Any) -> Any:
-        return keras.tree.map_structure(keras.ops.convert_to_tensor, batch)
+        return keras.tree.map_structure(lambda a: None if a is None else keras.ops.convert_to_tensor(a), batch)
 
     @contextlib.contextmanager
     def global_metric_state(self, variables: Sequence[keras.Variable]) -> Iterator[None]:

@@ -89,7 +89,11 @@ def mask_batch(batch: Any, size: int) -> Masked:
         w = np.asarray(w)
         return (w * mask.reshape((-1,) + (1,) * (w.ndim - 1))).astype(keras.backend.floatx())
 
-    sw = mask.copy() if sw is None else keras.tree.map_structure(weigh, sw)
+    # No weights given: none made here. The step weighs the loss by the mask
+    # shaped to each output's rank (Pad.loss_weight), which Keras's losses
+    # broadcast against any per-sample loss; a (rows,) weight they broadcast
+    # only against a loss of rank 1 or 2 (not an image-shaped one).
+    sw = None if sw is None else keras.tree.map_structure(weigh, sw)
     return Masked((x, y, sw), mask)
 
 
@@ -107,10 +111,23 @@ class Pad:
             self.count = self.total * self.size / whole
             self.size = whole
 
-    def loss_weight(self, sample_weight: Any) -> Any:
+    def loss_weight(self, sample_weight: Any, y_pred: Any = None) -> Any:
         """Weights scaled by ``size / count``: a mean over the batch becomes
-        the mean over its real rows (Keras scales masked losses the same way)."""
+        the mean over its real rows (Keras scales masked losses the same way).
+        Without weights: the mask, shaped ``(rows, 1, ..., 1)`` to each output
+        of ``y_pred`` (one array when the outputs' ranks agree)."""
         scale = self.size / keras.ops.maximum(self.total, 1.0)
+        if sample_weight is None:
+            mask = self.mask * keras.ops.cast(scale, self.mask.dtype)
+            leaves = [t for t in keras.tree.flatten(y_pred) if t is not None]
+            ranks = {len(t.shape) for t in leaves}
+
+            def shaped(rank: int) -> Any:
+                return keras.ops.reshape(mask, (-1,) + (1,) * max(rank - 1, 0))
+
+            if len(ranks) <= 1:
+                return shaped(ranks.pop() if ranks else 1)
+            return keras.tree.map_structure(lambda t: None if t is None else shaped(len(t.shape)), y_pred)
         return keras.tree.map_structure(lambda w: w * keras.ops.cast(scale, w.dtype), sample_weight)
 
     @contextlib.contextmanager
@@ -147,8 +164,8 @@ def unwrap(batch: Any) -> tuple[Any, Pad | None]:
     return batch, None
 
 
-def loss_weight(pad: Pad | None, sample_weight: Any) -> Any:
-    return sample_weight if pad is None else pad.loss_weight(sample_weight)
+def loss_weight(pad: Pad | None, sample_weight: Any, y_pred: Any = None) -> Any:
+    return sample_weight if pad is None else pad.loss_weight(sample_weight, y_pred)
 
 
 @contextlib.contextmanager

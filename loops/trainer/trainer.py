@@ -345,7 +345,7 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
 
         def loss_fn() -> tuple[Any, tuple[Any, Any]]:
             y_pred = self._call_model(x, training=True)
-            loss = self._model_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight), training=True)
+            loss = self._model_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight, y_pred), training=True)
             return optimizer.scale_loss(loss), (loss, y_pred)
 
         if not variables:  # Keras trains a frozen or weightless model too: loss and metrics, no update
@@ -371,7 +371,7 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         y_pred = self._call_model(x, training=False)
         with _padding.real_samples_only(pad, self._compile_loss):
-            loss = self._model_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight), training=False)
+            loss = self._model_loss(x, y, y_pred, _padding.loss_weight(pad, sample_weight, y_pred), training=False)
         self._loss_tracker.update_state(loss, sample_weight=self._batch_size(x) if pad is None else pad.count)
         logs = pad.metrics(self, y, y_pred, sample_weight) if pad is not None \
             else self._model_metrics(x, y, y_pred, sample_weight)
