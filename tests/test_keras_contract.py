@@ -539,3 +539,38 @@ def test_outputs_of_any_rank_train_over_a_ragged_last_batch_as_model_fit(case):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # evaluate: one batch larger than the data (padded up to 32 rows)
     np.testing.assert_allclose(t.evaluate(x, y, verbose=0), ref.evaluate(x, y, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+class OptionalAdd(keras.layers.Layer):
+    def call(self, x, o=None):
+        return x if o is None else x + o
+
+
+def _optional_input_model():
+    x = keras.Input((2,), name="x")
+    o = keras.Input((2,), name="o", optional=True)
+    return keras.Model({"x": x, "o": o}, keras.layers.Dense(2, **INIT)(OptionalAdd()(x, o)))
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["left_out", "given"])
+def test_an_optional_input_left_out_as_none_trains_as_model_fit(given):
+    rng = np.random.default_rng(0)
+    x = {"x": rng.normal(size=(7, 2)).astype("float32"),
+         "o": rng.normal(size=(7, 2)).astype("float32") if given else None}
+    y = rng.normal(size=(7, 2)).astype("float32")
+    ref = _optional_input_model()
+    ref.compile(keras.optimizers.SGD(0.1), "mse")
+    hk = ref.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, validation_split=0.4)
+    t = Trainer(_optional_input_model(), keras.optimizers.SGD(0.1), "mse")
+    h = t.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, validation_split=0.4)
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(h.history[key], hk.history[key], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t.evaluate(x, y, verbose=0), ref.evaluate(x, y, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t.predict(x, verbose=0), ref.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_none_for_a_required_input_is_the_model_s_own_error():
+    inputs = keras.Input((3,), name="x")
+    t = Trainer(keras.Model(inputs, keras.layers.Dense(1)(inputs)), "sgd", "mse")
+    with pytest.raises(ValueError, match="not optional"):
+        t.fit([None], np.ones((4, 1)), verbose=0)

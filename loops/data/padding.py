@@ -80,7 +80,7 @@ def pad_rows(tree: Any, size: int) -> Any:
 def mask_batch(batch: Any, size: int) -> Masked:
     """Host side: ``(x, y[, sw])`` to a ``Masked`` batch of ``size`` rows."""
     x, y, sw = keras.utils.unpack_x_y_sample_weight(batch)
-    n = rows(x)
+    n = rows((x, y, sw))  # (x may hold only None: optional inputs left out)
     mask = np.zeros((max(size, n),), keras.backend.floatx())
     mask[:n] = 1.0
     x, y, sw = pad_rows((x, y, sw), size) if n < size else (x, y, sw)

@@ -22,7 +22,13 @@ _ARRAY_TYPES = (np.ndarray, list, tuple, dict)
 
 
 def _leaves(tree: Any) -> list[Any]:
-    return [] if tree is None else keras.tree.flatten(tree)
+    """The arrays in ``tree`` (a None leaf is a model's optional input left out)."""
+    return [] if tree is None else [a for a in keras.tree.flatten(tree) if a is not None]
+
+
+def _map(fn: Any, tree: Any) -> Any:
+    """``fn`` over the arrays in ``tree``; None leaves stay None."""
+    return None if tree is None else keras.tree.map_structure(lambda a: None if a is None else fn(a), tree)
 
 
 def _to_numpy(leaf: Any) -> Any:
@@ -135,7 +141,8 @@ class ArraySource(DataSource):
         sizes = {name: [a.shape[0] if len(a.shape) else None for a in _leaves(tree)]
                  for name, tree in (("x", self.x), ("y", self.y), ("sample_weight", self.sample_weight))}
         flat = [(name, s) for name, ss in sizes.items() for s in ss]
-        if not flat or flat[0][0] != "x":
+        # (x may hold None for a model's optional input, and only that: the model says which are not optional)
+        if not flat or self.x is None or (flat[0][0] != "x" and not keras.tree.flatten(self.x)):
             raise ValueError("No input data: pass x (a NumPy array, or a list/dict of arrays).")
         if any(s is None for _, s in flat):
             raise ValueError(f"Inputs must be arrays with a batch dimension; got a scalar among {sizes}.")
@@ -176,7 +183,7 @@ class ArraySource(DataSource):
                 f"validation_split={fraction} leaves {'no training' if cut == 0 else 'no validation'} "
                 f"samples out of {self.n}. Use a split that keeps both sets non-empty."
             )
-        take = lambda tree, sl: None if tree is None else keras.tree.map_structure(lambda a: a[sl], tree)
+        take = lambda tree, sl: _map(lambda a: a[sl], tree)
         train = ArraySource(take(self.x, slice(None, cut)), take(self.y, slice(None, cut)),
                             take(self.sample_weight, slice(None, cut)), batch_size=self.batch_size,
                             shuffle=self.shuffle, class_weight=self.class_weight,
@@ -186,7 +193,7 @@ class ArraySource(DataSource):
         return train, val
 
     def _batch(self, idx: np.ndarray | slice) -> Any:
-        pick = lambda tree: None if tree is None else keras.tree.map_structure(lambda a: _rows(a, idx), tree)
+        pick = lambda tree: _map(lambda a: _rows(a, idx), tree)
         x, y, sw = pick(self.x), pick(self.y), pick(self.sample_weight)
         if self.class_weight is not None and y is not None:
             cw = _class_weights(self.class_weight, y)
