@@ -11,7 +11,7 @@ Example:
 
 from loops import optimizers
 from loops.debug.check import CheckReport
-from loops.trainer.checks import UnusedVariableWarning
+from loops.trainer.checks import LabelShapeWarning, UnusedVariableWarning
 from loops.checkpoint.store import Checkpoint, CheckpointError, latest_checkpoint
 from loops.distributed import ProcessLost, data_parallel
 from loops.debug.nans import NonFiniteError, NonFiniteReport
@@ -29,6 +29,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "FromLogitsWarning",
+    "LabelShapeWarning",
     "NonFiniteError",
     "NonFiniteReport",
     "OptimizerGroup",

@@ -20,7 +20,7 @@ from keras.src.trainers.compile_utils import CompileLoss, CompileMetrics
 from keras.src.trainers.data_adapters import data_adapter_utils as _adapter_utils
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-__all__ = ["TORCH_CAPTURE_VERIFIED", "backend_update_step", "loss_module", "torch_core", "compile_state_metrics", "is_ragged", "is_sparse", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
+__all__ = ["TORCH_CAPTURE_VERIFIED", "backend_update_step", "loss_module", "torch_core", "compile_state_metrics", "is_ragged", "is_sparse", "keras_own", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
            "attach_compile_state", "overrides", "losses_average_over_batch", "metrics_take_sample_weight",
            "pending_variables", "reset_global_seed_generator",
            "update_metrics_masked"]
@@ -43,9 +43,23 @@ def reset_global_seed_generator() -> None:
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight", "auto", None)
 
 
-def losses_average_over_batch(compile_loss: CompileLoss | None) -> bool:
+def keras_own(obj: Any) -> bool:
+    """Whether ``obj`` (a loss/metric object, class or function) is Keras's own
+    code, with any function it wraps (``LossFunctionWrapper.fn``)."""
+    import inspect
+
+    wrapped = getattr(obj, "fn", None)
+    if wrapped is not None and not keras_own(wrapped):
+        return False
+    owner = obj if inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj) else type(obj)
+    return str(getattr(owner, "__module__", None) or "").startswith("keras.")
+
+
+def losses_average_over_batch(compile_loss: CompileLoss | None, keras_only: bool = False) -> bool:
     """Whether every configured loss averages over the batch (Keras's default
-    ``"sum_over_batch_size"``): only then is a padded, masked batch exact."""
+    ``"sum_over_batch_size"``): only then is a padded, masked batch exact.
+    With ``keras_only``: and is Keras's own (a user's loss function or
+    ``Loss.call`` may reduce over the rows itself, counting the padding)."""
     if compile_loss is None:
         return True
     import keras
@@ -56,6 +70,8 @@ def losses_average_over_batch(compile_loss: CompileLoss | None) -> bool:
         if isinstance(leaf, str):
             leaf = keras.losses.get(leaf)
         if getattr(leaf, "reduction", None) not in _MEAN_REDUCTIONS:
+            return False
+        if keras_only and not keras_own(leaf):
             return False
     return True
 

@@ -435,9 +435,9 @@ def test_a_label_shape_mismatch_names_the_output():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, {"price": keras.layers.Dense(1, name="price")(inputs),
                                  "kind": keras.layers.Dense(3, name="kind")(inputs)})
-    t = Trainer(model, "adam", {"price": "mse", "kind": "mse"})
     x = rng.normal(size=(16, 4)).astype("float32")
-    y = {"price": np.zeros((16, 1), "float32"), "kind": np.zeros((16, 1), "float32")}
+    y = {"price": np.zeros((16, 1), "float32"), "kind": np.zeros((16, 1), "int32")}
+    t = Trainer(model, "adam", {"price": "mse", "kind": keras.losses.CategoricalCrossentropy(from_logits=True)})
     with pytest.raises(ValueError, match=r"labels of shape \(16, 1\) with model output 'kind' of shape \(16, 3\)"):
         t.fit(x, y, batch_size=16, verbose=0)
 

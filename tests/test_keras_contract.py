@@ -574,3 +574,81 @@ def test_none_for_a_required_input_is_the_model_s_own_error():
     t = Trainer(keras.Model(inputs, keras.layers.Dense(1)(inputs)), "sgd", "mse")
     with pytest.raises(ValueError, match="not optional"):
         t.fit([None], np.ones((4, 1)), verbose=0)
+
+
+def _scalar_mse(y_true, y_pred):  # one value per batch, as many users write a loss
+    return ops.mean(ops.square(y_true - y_pred))
+
+
+class Center(keras.layers.Layer):
+    """Mixes the batch's rows: subtracts their mean."""
+
+    def call(self, t):
+        return t - ops.mean(t, axis=0, keepdims=True)
+
+
+class BatchMeanLoss(keras.layers.Layer):
+    def call(self, t):
+        self.add_loss(ops.square(ops.mean(t)))
+        return t
+
+
+_ROW_MIXING = {  # name: (layers between the input and the output, loss)
+    "scalar_loss_function": (lambda: [keras.layers.Dense(4, **INIT)], _scalar_mse),
+    "layer_mixing_rows": (lambda: [keras.layers.Dense(4, **INIT), Center()], "mse"),
+    "add_loss_over_the_batch": (lambda: [keras.layers.Dense(4, **INIT), BatchMeanLoss()], "mse"),
+    "activity_regularizer": (lambda: [keras.layers.Dense(4, activity_regularizer="l2", **INIT)], "mse"),
+    "seeded_dropout": (lambda: [keras.layers.Dense(4, **INIT), keras.layers.Dropout(0.5, seed=3)], "mse"),
+    "masked_sequence": (lambda: [keras.layers.Masking(0.0), keras.layers.GRU(3, return_sequences=True, seed=2)],
+                        "mse"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ROW_MIXING))
+def test_a_ragged_last_batch_gives_model_fit_s_numbers_when_rows_interact(name):
+    """The loop pads a ragged last batch (one compiled step for every batch)
+    only where the padding cannot reach the real rows' numbers: never around
+    a user's loss function or layer (either may reduce over the rows), an
+    activity regularizer or added loss (averaged over the rows), random draws
+    or a Keras mask (its valid entries are counted over all rows)."""
+    layers, loss = _ROW_MIXING[name]
+    rng = np.random.default_rng(0)
+    sequence = name == "masked_sequence"
+    x = rng.normal(size=(44, 6, 2) if sequence else (44, 5)).astype("float32")
+    if sequence:
+        x[::3, 4:] = 0.0  # masked steps
+    y = rng.normal(size=(44, 6, 1) if sequence else (44, 1)).astype("float32")
+
+    def make():
+        keras.utils.set_random_seed(0)  # (the GRU's initializers)
+        return keras.Sequential([keras.Input(x.shape[1:]), *layers(), keras.layers.Dense(1, **INIT)])
+
+    fit = dict(batch_size=16, epochs=2, shuffle=False, verbose=0)  # batches of 16, 16, 12
+    ref = make()
+    ref.compile(keras.optimizers.SGD(0.05), loss, metrics=["mae"])
+    hk = ref.fit(x, y, **fit)
+    t = Trainer(make(), keras.optimizers.SGD(0.05), loss, metrics=["mae"])
+    h = t.fit(x, y, **fit)
+    for key in ("loss", "mae"):
+        np.testing.assert_allclose(h.history[key], hk.history[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    for a, b in zip(ref.get_weights(), t.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t.evaluate(x, y, batch_size=16, verbose=0), ref.evaluate(x, y, batch_size=16, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t.predict(x, batch_size=16, verbose=0), ref.predict(x, batch_size=16, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax traces once per batch shape")
+def test_keras_own_layers_and_losses_keep_the_padded_last_batch():
+    x, y = _data(44)
+    t = Trainer(_sequential_without_input(), keras.optimizers.SGD(0.05), SCE, metrics=["accuracy"])
+    t.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert t.trace_counts["train"] == 1  # the 12-row batch was padded to 16: no second trace
+    custom = Trainer(_sequential_without_input(), keras.optimizers.SGD(0.05),
+                     lambda a, b: SCE(a, b), metrics=["accuracy"])
+    custom.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert custom.trace_counts["train"] == 2  # a user's loss function: the ragged batch as it is
+    custom.pad_ragged_batches = "always"
+    with pytest.raises(ValueError, match="pad_ragged_batches.*'always'"):
+        custom.fit(x, y, batch_size=16, epochs=1, verbose=0)

@@ -164,6 +164,39 @@ def unwrap(batch: Any) -> tuple[Any, Pad | None]:
     return batch, None
 
 
+# Keras layers that run user code, or another engine's module, on the batch.
+_USER_CODE = ("Lambda", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "TFSMLayer")
+
+
+def rows_stay_apart(models: list[Any], training: bool) -> str | None:
+    """Why padding a batch could change the real rows' results, or None when
+    it cannot: every layer Keras's own (a user's layer or model may mix rows:
+    a batch mean, an in-batch loss), none regularizing its activity (averaged
+    over the batch's rows); in training also none with batch statistics
+    (BatchNormalization) or random draws (Dropout: a padded batch draws
+    another mask for its real rows)."""
+    for model in models:
+        for layer in [model, *model._flatten_layers(include_self=False)]:
+            kind = type(layer)
+            if not kind.__module__.startswith("keras.") or kind.__name__ in _USER_CODE:
+                return f"{kind.__name__} is not Keras's own layer"
+            if getattr(layer, "activity_regularizer", None) is not None:
+                return f"{layer.name} has an activity regularizer"
+            if training and isinstance(layer, keras.layers.BatchNormalization):
+                return f"{layer.name} has batch statistics"
+            if training and any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values()):
+                return f"{layer.name} draws random numbers"
+    return None
+
+
+def makes_masks(models: list[Any]) -> bool:
+    """Whether a layer starts a Keras mask (Masking, Embedding(mask_zero=True)):
+    Keras's losses then average over the mask's valid entries in the whole
+    batch, which a padded batch's repeated rows would add to."""
+    return any(isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False)
+               for model in models for layer in [model, *model._flatten_layers(include_self=False)])
+
+
 def loss_weight(pad: Pad | None, sample_weight: Any, y_pred: Any = None) -> Any:
     return sample_weight if pad is None else pad.loss_weight(sample_weight, y_pred)
 
@@ -178,4 +211,5 @@ def real_samples_only(pad: Pad | None, compile_loss: Any) -> Iterator[None]:
 
 
 __all__ = ["Masked", "MaskedShard", "Pad", "loss_weight", "mask_batch", "pad_rows", "real_samples_only", "rows",
+           "makes_masks", "rows_stay_apart",
            "unwrap", "with_totals"]

@@ -26,14 +26,23 @@ def _is_sparse(loss: Any) -> bool:
     return any("sparse" in n.lower() for n in names)
 
 
-def check_loss_shapes(compile_loss: Any, y: Any, y_pred: Any) -> None:
-    """Raises when labels cannot match the output their loss compares them to.
+def loss_shape_problems(compile_loss: Any, y: Any, y_pred: Any) -> list[str]:
+    """Where labels do not match the output their (Keras) loss compares them
+    to: a message naming both shapes and the fix, per mismatch.
 
-    Keras broadcasts some mismatches silently (labels ``(n, 1)`` against an
-    output ``(n, 10)`` under MSE); here they are errors.
+    ``Trainer.compute_loss`` raises it when the loss then fails (in place of
+    the engine's error) and warns with it when Keras's loss broadcasts the
+    mismatch (labels ``(n, 1)`` against an output ``(n, 10)`` under MSE):
+    Keras trains that, and so does the Trainer. A user's loss function is
+    not judged: its shapes are its own.
     """
+    from loops._keras_private import keras_own
+
+    problems: list[str] = []
     flat_losses = getattr(compile_loss, "_flat_losses", None) or []
     for path, loss_fn, _, output_name in flat_losses:
+        if not keras_own(loss_fn):
+            continue
         try:
             y_t, y_p = y, y_pred
             for key in path:
@@ -56,10 +65,30 @@ def check_loss_shapes(compile_loss: Any, y: Any, y_pred: Any) -> None:
             fix = (f"labels must have the output's shape {sp}; for integer class ids use a sparse "
                    "loss (e.g. SparseCategoricalCrossentropy), or change the output layer's width")
         if not ok:
-            raise ValueError(
-                f"Loss {_loss_name(loss_fn)!r} cannot compare labels of shape {st} with "
-                f"{output} of shape {sp}: {fix}."
-            )
+            problems.append(f"Loss {_loss_name(loss_fn)!r} cannot compare labels of shape {st} with "
+                            f"{output} of shape {sp}: {fix}.")
+    return problems
+
+
+class LabelShapeWarning(UserWarning):
+    """Labels and an output differ in shape, and Keras's loss broadcasts them
+    (training goes on, as ``model.fit``'s would): most often a mistake."""
+
+
+def shape_checked_loss(compile_loss: Any, y: Any, y_pred: Any, sample_weight: Any, problems: list[str]) -> Any:
+    """``compile_loss(y, y_pred, sample_weight)``; with ``loss_shape_problems``:
+    the first one as the error where the loss fails, as a warning where
+    Keras's loss computes a value (Keras trains it)."""
+    if not problems:
+        return compile_loss(y, y_pred, sample_weight)
+    try:
+        loss = compile_loss(y, y_pred, sample_weight)
+    except Exception as e:
+        raise ValueError(problems[0]) from e
+    for problem in problems:
+        warnings.warn(f"{problem} Keras's loss broadcasts these shapes, so training goes on as model.fit's "
+                      "would, but this is most often a mistake.", LabelShapeWarning, stacklevel=2)
+    return loss
 
 
 def check_scalar_loss(loss: Any) -> None:

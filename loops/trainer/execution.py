@@ -174,10 +174,13 @@ class ExecutionMixin:
     _initial_epoch: int | None
 
     #: Pad a ragged last batch to the batch size and mask it (default steps
-    #: only), so it does not compile a second step. Set False to get Keras's
-    #: ragged batches instead (e.g. for losses added with add_loss that are
-    #: computed over the batch's rows).
-    pad_ragged_batches: bool = True
+    #: only), so it does not compile a second step. ``"auto"``: only where
+    #: the padding cannot change the results (Keras's own layers and losses,
+    #: no batch statistics or random draws in training; and under data
+    #: parallelism, where shards must split evenly); ``True``: wherever the
+    #: default steps can weigh the padding out; ``False``: never (Keras's
+    #: ragged batches).
+    pad_ragged_batches: bool | str = "auto"
     #: Batches prepared (and sent to the device) ahead on a background thread; 0 turns it off.
     #: ``None``: the engine decides (``backends.*.prefetch_default``: on where
     #: it overlaps host work with the device; jax on CPU runs faster without).
@@ -225,8 +228,11 @@ class ExecutionMixin:
         sample = source.peek()
         if self._uses_default(kind):
             check_input_names(self.model, keras.utils.unpack_x_y_sample_weight(sample)[0])
+        if self.pad_ragged_batches not in (True, False, "auto"):
+            raise ValueError(f"pad_ragged_batches must be True, False or 'auto', got {self.pad_ragged_batches!r}.")
         if not self.pad_ragged_batches or not self._uses_default(kind):
             return _unchanged
+        exact_only = self.pad_ragged_batches == "auto" and not _distributed.current(self).num_replicas > 1
         from loops._keras_private import is_ragged, is_sparse
 
         if any(is_sparse(leaf) or is_ragged(leaf) for leaf in keras.tree.flatten(sample)):
@@ -238,17 +244,21 @@ class ExecutionMixin:
                 return _unchanged  # no ragged batch: the batches go as they are
         else:
             size = _padding.rows(sample)  # a stream's first batch sets the size
+        models = getattr(self, "models", [])
+        if exact_only and _padding.rows_stay_apart(models, training=kind == "train") is not None:
+            return _unchanged  # the real rows' results could change (rows_stay_apart says why)
         if kind == "predict":
             return lambda batch: (_padding.pad_rows(batch, size), _padding.rows(batch))
         from loops._keras_private import losses_average_over_batch, metrics_take_sample_weight
 
         _, y, _ = keras.utils.unpack_x_y_sample_weight(sample)
-        if y is None or not losses_average_over_batch(getattr(self, "_compile_loss", None)) \
+        if y is None or not losses_average_over_batch(getattr(self, "_compile_loss", None), keras_only=exact_only) \
                 or not metrics_take_sample_weight(getattr(self, "_compile_metrics", None)):
-            return _unchanged  # a summed loss, or a metric of the user's, would count the padding
-        if kind == "train" and any(
-                isinstance(layer, keras.layers.BatchNormalization)
-                for model in getattr(self, "models", []) for layer in model._flatten_layers()):
+            return _unchanged  # a summed loss, or a metric or loss of the user's, would count the padding
+        if _padding.makes_masks(models):
+            return _unchanged  # a masked loss averages over the valid entries of all rows, padding's too
+        if kind == "train" and any(isinstance(layer, keras.layers.BatchNormalization)
+                                   for model in models for layer in model._flatten_layers()):
             return _unchanged  # batch statistics would see the padding rows
         return lambda batch: (_padding.mask_batch(batch, size), None)
 

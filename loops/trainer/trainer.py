@@ -265,16 +265,15 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
         del x
         losses = []
         if self._compile_loss is not None and y is not None:
-            if self._in_first_step:
-                if not self._compile_loss.built:
-                    try:
-                        self._compile_loss.build(y, y_pred)
-                    except (KeyError, ValueError, TypeError):
-                        pass  # Keras fits y to the loss's structure first (loss=["mse", None]): its call builds
-                _checks.check_loss_shapes(self._compile_loss, y, y_pred)
-            if self._in_first_step or self._value_checks_traced:
+            if self._in_first_step and not self._compile_loss.built:
+                try:
+                    self._compile_loss.build(y, y_pred)
+                except (KeyError, ValueError, TypeError):
+                    pass  # Keras fits y to the loss's structure first (loss=["mse", None]): its call builds
+            problems = _checks.loss_shape_problems(self._compile_loss, y, y_pred) if self._in_first_step else []
+            if (self._in_first_step and not problems) or self._value_checks_traced:
                 _traps.check_values(self, self._compile_loss, y, y_pred)  # label range, from_logits
-            loss = self._compile_loss(y, y_pred, sample_weight)
+            loss = _checks.shape_checked_loss(self._compile_loss, y, y_pred, sample_weight, problems)
             if self._in_first_step:
                 _traps.record_loss(self, loss)
             if loss is not None:
