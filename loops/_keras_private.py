@@ -8,7 +8,8 @@ gives string aliases, multi-output structures, ``loss_weights`` and the
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 from keras.src.backend import compute_output_spec
 from keras.src.backend.common import global_state
@@ -22,7 +23,7 @@ from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 __all__ = ["TORCH_CAPTURE_VERIFIED", "backend_update_step", "loss_module", "torch_core", "compile_state_metrics", "is_ragged", "is_sparse", "keras_own", "sparse_to_host", "sparse_to_jax", "sparse_to_tf", "CompileLoss", "CompileMetrics", "compute_output_spec", "KerasTrainer", "PyDatasetAdapter", "SerializableDict",
            "attach_compile_state", "overrides", "losses_average_over_batch", "metrics_take_sample_weight",
-           "pending_variables", "reset_global_seed_generator",
+           "outside_stateless_scope", "pending_variables", "reset_global_seed_generator",
            "update_metrics_masked"]
 
 
@@ -30,6 +31,19 @@ def pending_variables() -> list[Any]:
     """Variables created inside the current ``StatelessScope`` (Keras defers
     their initialization to the scope's exit and lists them here)."""
     return list(global_state.get_global_attribute("uninitialized_variables", None) or [])
+
+
+@contextlib.contextmanager
+def outside_stateless_scope() -> Iterator[None]:
+    """No ``StatelessScope`` for the enclosed code (restored after): variables
+    made there get their values at once (an optimizer's ``build`` may make
+    ``backend.Variable(0)``, which a stateless scope refuses)."""
+    scope = global_state.get_global_attribute("stateless_scope")
+    global_state.set_global_attribute("stateless_scope", None)
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("stateless_scope", scope)
 
 
 def reset_global_seed_generator() -> None:

@@ -27,7 +27,8 @@ import keras
 from loops import distributed as _distributed
 from loops import neutral_random
 from loops import optimizers as _optimizers
-from loops._keras_private import compute_output_spec, is_ragged, is_sparse, pending_variables
+from loops._keras_private import (compute_output_spec, is_ragged, is_sparse, outside_stateless_scope,
+                                  pending_variables)
 from loops.data import padding as _padding
 from loops.debug import diagnostics as _debug
 from loops.debug import nans as _nans
@@ -79,7 +80,8 @@ def _build_only(optimizer: keras.optimizers.Optimizer, building: bool = False,
                 raise ValueError(
                     f"Optimizer {optimizer.name!r} is applied before it was built and without "
                     "variables: call optimizer.apply(grads, variables).")
-            with outside_trace():  # its slots get values even while the first step is only traced
+            # (its slots get values even while the first step is only traced, or runs in a throwaway scope)
+            with outside_trace(), outside_stateless_scope():
                 optimizer.build(list(trainable_variables))
 
     return apply
