@@ -682,3 +682,22 @@ def test_every_keras_optimizer_trains_as_model_fit_trains_it(name):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for a, b in zip(ref.optimizer.variables, t.optimizer.variables):
         np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-4, atol=1e-5)
+
+
+class ExtraLogs(Subclassed):
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        logs = super().compute_metrics(x, y, y_pred, sample_weight)
+        logs["mean_output"] = ops.mean(y_pred)
+        return logs
+
+
+def test_model_compute_metrics_override_s_logs_reach_history_and_evaluate():
+    x, y = _data()
+    (hk, ref), (h, t) = _both(ExtraLogs, {"validation_split": 0.2})
+    assert sorted(h.history) == sorted(hk.history) and "val_mean_output" in h.history
+    for key in hk.history:
+        np.testing.assert_allclose(h.history[key], hk.history[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    got, want = t.evaluate(x, y, verbose=0, return_dict=True), ref.evaluate(x, y, verbose=0, return_dict=True)
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)

@@ -307,8 +307,8 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
     def _model_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any) -> dict[str, Any]:
         model: Any = self.model
         if type(self).compute_metrics is Trainer.compute_metrics and overrides(model, "compute_metrics"):
-            model.compute_metrics(x, y, y_pred, sample_weight)
-            return self.get_metrics_result()
+            logs = model.compute_metrics(x, y, y_pred, sample_weight)  # (Keras's steps return what it returns)
+            return dict(logs) if isinstance(logs, dict) else self.get_metrics_result()
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
     def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> dict[str, Any]:
