@@ -701,3 +701,34 @@ def test_model_compute_metrics_override_s_logs_reach_history_and_evaluate():
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x) // 16
+
+    def __getitem__(self, i):
+        return self.x[i * 16:(i + 1) * 16], self.y[i * 16:(i + 1) * 16]
+
+
+@pytest.mark.parametrize("kind", ["pydataset", pytest.param("tf_repeat", marks=requires("tensorflow"))])
+def test_validation_steps_start_each_evaluation_at_the_data_s_first_batch(kind):
+    """Keras: "the evaluation will start from the beginning of the dataset at
+    each epoch" (validation_steps shorter than the data, or a repeated dataset)."""
+    x, y = _data(64)
+    if kind == "pydataset":
+        val = lambda: _Batches(x, y)  # noqa: E731
+    else:
+        import tensorflow as tf
+
+        val = lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()  # noqa: E731
+    fit = dict(batch_size=16, epochs=3, shuffle=False, verbose=0, validation_steps=2)
+    ref = _sequential_without_input()
+    ref.compile(keras.optimizers.SGD(0.1), SCE)
+    hk = ref.fit(x, y, validation_data=val(), **fit)
+    h = Trainer(_sequential_without_input(), keras.optimizers.SGD(0.1), SCE).fit(x, y, validation_data=val(), **fit)
+    np.testing.assert_allclose(h.history["val_loss"], hk.history["val_loss"], rtol=1e-5, atol=1e-6)

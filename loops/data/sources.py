@@ -122,6 +122,9 @@ class DataSource:
         """The first batch, without consuming it (for building and checks)."""
         raise NotImplementedError
 
+    def rewind(self) -> None:
+        """Start again from the first batch where the source can (each evaluation)."""
+
     def batches(self, steps: int | None = None) -> Iterator[Any]:
         raise NotImplementedError
 
@@ -318,6 +321,14 @@ class IterableSource(DataSource):
             cw = _class_weights(self._class_weight, y)
             element = (x, y, cw if sw is None else sw * cw)
         return element
+
+    def rewind(self) -> None:
+        """Start a re-iterable (tf.data, PyDataset, DataLoader, a list) again
+        from its first batch: each evaluation does, as Keras's (with
+        ``validation_steps`` over a repeated dataset too). A generator cannot
+        start again: it goes on."""
+        if self._reiterable:
+            self._iter, self._pending = None, []
 
     def seek(self, consumed: int, in_epoch: int) -> None:
         """Continue as if ``consumed`` batches had been drawn (``in_epoch`` of

@@ -228,8 +228,7 @@ class LoopMixin(ExecutionMixin):
                       steps: int | None, plan: _Plan | None = None,
                       progress: _Progress | None = None, expect: bool = False) -> dict[str, Any]:
         plan = self._plan("test", source) if plan is None else plan
-        if isinstance(source, ArraySource):
-            source.rewind()  # every evaluation starts at the first batch, as Keras's
+        source.rewind()  # every evaluation starts at the first batch, as Keras's (where the source can)
         test_fn = self._step_fn("test", self._sample(plan, source))
         if expect:  # (fit announces all its validation passes at once)
             self._runner.expect("test", _calls(steps or source.num_batches, self.steps_per_execution))
