@@ -732,3 +732,56 @@ def test_validation_steps_start_each_evaluation_at_the_data_s_first_batch(kind):
     hk = ref.fit(x, y, validation_data=val(), **fit)
     h = Trainer(_sequential_without_input(), keras.optimizers.SGD(0.1), SCE).fit(x, y, validation_data=val(), **fit)
     np.testing.assert_allclose(h.history["val_loss"], hk.history["val_loss"], rtol=1e-5, atol=1e-6)
+
+
+def _stateful_model():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((5, 3), batch_size=8), keras.layers.LSTM(4, stateful=True),
+                             keras.layers.Dense(1)])
+
+
+_STATEFUL_SKIP = pytest.mark.skipif(BACKEND == "torch", reason="Keras's torch backend cannot train a stateful "
+                                    "RNN either (autograd: the carried state is modified in place)")
+
+
+@_STATEFUL_SKIP
+def test_a_stateful_rnn_carries_its_state_from_batch_to_batch():
+    """With the weights held (lr 0) each batch's loss is the eager model's,
+    called batch after batch (the state carried). Keras's jax fit loses the
+    state inside its compiled step (it is not among the variables it
+    threads): the Trainer carries it on jax as Keras does on tensorflow."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 5, 3)).astype("float32")
+    y = rng.normal(size=(32, 1)).astype("float32")
+    eager = _stateful_model()
+    want = [float(ops.convert_to_numpy(ops.mean(ops.square(eager(x[i:i + 8]) - y[i:i + 8]))))
+            for i in range(0, 32, 8)]
+    assert want[1] != pytest.approx(float(ops.convert_to_numpy(
+        ops.mean(ops.square(_stateful_model()(x[8:16]) - y[8:16])))), rel=1e-4)  # (the state matters)
+    seen = []
+    log = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(float(logs["loss"])))
+    model = _stateful_model()
+    Trainer(model, keras.optimizers.SGD(0.0), "mse").fit(x, y, batch_size=8, shuffle=False, verbose=0,
+                                                         callbacks=[log])
+    running = np.cumsum(want) / np.arange(1, 5)  # the logs' loss: the mean so far
+    np.testing.assert_allclose(seen, running, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(model.layers[0].states[0]),
+                               ops.convert_to_numpy(eager.layers[0].states[0]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="Keras's jax fit drops the state; its torch fit fails")
+def test_a_stateful_rnn_carries_its_state_as_model_fit_does():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 5, 3)).astype("float32")
+    y = rng.normal(size=(32, 1)).astype("float32")
+    ref, model = _stateful_model(), _stateful_model()
+    ref.compile(keras.optimizers.SGD(0.1), "mse")
+    hk = ref.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    t = Trainer(model, keras.optimizers.SGD(0.1), "mse")
+    h = t.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t.evaluate(x, y, batch_size=8, verbose=0), ref.evaluate(x, y, batch_size=8, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    state = ops.convert_to_numpy(model.layers[0].states[0])
+    assert np.abs(state).max() > 0  # carried, not lost inside the compiled step
+    np.testing.assert_allclose(state, ops.convert_to_numpy(ref.layers[0].states[0]), rtol=1e-5, atol=1e-6)

@@ -38,7 +38,16 @@ def _variables_of(obj: Any) -> list[keras.Variable]:
         return [obj.state]
     # Layers (incl. their metrics and seed generators), optimizers (after
     # build), metrics and the compiled loss's trackers all expose `.variables`.
+    if isinstance(obj, keras.Layer):
+        return list(obj.variables) + _recurrent_states(obj)
     return list(obj.variables)
+
+
+def _recurrent_states(layer: keras.Layer) -> list[keras.Variable]:
+    """A stateful RNN's carried states (``RNN.states``): variables Keras keeps
+    out of ``layer.variables`` that every step assigns."""
+    return [v for sub in layer._flatten_layers() if getattr(sub, "stateful", False) is True
+            for v in keras.tree.flatten(getattr(sub, "states", None) or []) if isinstance(v, keras.Variable)]
 
 
 class Held:
