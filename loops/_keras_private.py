@@ -194,8 +194,11 @@ def sparse_to_host(value: Any) -> Any:
 
     if _adapter_utils.is_tensorflow_sparse(value):
         indices, data = np.asarray(value.indices), np.asarray(value.values)
-    else:  # jax BCOO
+    else:  # jax BCOO (batched layouts keep per-row indices: flattened first)
+        value = value.update_layout(n_batch=0, n_dense=0) if value.n_batch or value.n_dense else value
         indices, data = np.asarray(value.indices), np.asarray(value.data)
+        kept = (indices < np.asarray(value.shape)).all(axis=1)  # (BCOO pads with out-of-range indices)
+        indices, data = indices[kept], data[kept]
     return scipy.sparse.coo_matrix((data, (indices[:, 0], indices[:, 1])), shape=tuple(value.shape)).tocsr()
 
 

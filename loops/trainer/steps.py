@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import os
 import sys
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 
@@ -68,6 +69,22 @@ class _RecordingScope(_ReadThroughScope):
     def add_update(self, update: tuple[keras.Variable, Any]) -> None:
         self.assigned[id(update[0])] = update[0]
         super().add_update(update)
+
+
+_LOOPS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def _own_warnings_only() -> Iterator[None]:
+    """A discarded pass runs the user's code once more than Keras does: the
+    warnings it raises come again from the real step. Only the Trainer's own
+    (its checks', raised in this pass alone) are passed on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if w.category.__module__.startswith("loops.") or os.path.abspath(w.filename).startswith(_LOOPS_DIR):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def _build_only(optimizer: keras.optimizers.Optimizer, building: bool = False,
@@ -201,7 +218,7 @@ class StepsMixin(StateMixin):
             opt.apply = _build_only(opt, building=True)
         self._building = True
         try:
-            with self._engine.step_context(), _ReadThroughScope():
+            with self._engine.step_context(), _ReadThroughScope(), _own_warnings_only():
                 try:
                     if not (abstract and self._engine.trace_only(step, batch)):
                         step(batch)
@@ -249,7 +266,8 @@ class StepsMixin(StateMixin):
 
         def attempt(zero_grads: bool) -> tuple[bool, _RecordingScope, list[keras.Variable]]:
             checks = self._engine.checks_only() if zero_grads else contextlib.nullcontext(True)
-            with self._engine.step_context(), checks as reach_known, _RecordingScope() as scope:
+            with self._engine.step_context(), checks as reach_known, _RecordingScope() as scope, \
+                    _own_warnings_only():
                 self._reach_known = reach_known
                 try:
                     traced = abstract and self._engine.trace_only(step, batch)
