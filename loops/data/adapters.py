@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 
 import keras
 
-from loops.data.sources import _ARRAY_TYPES, ArraySource, DataSource, IterableSource, check_finite
+from loops.data.finite import check_finite
+from loops.data.sources import _ARRAY_TYPES, ArraySource, DataSource, IterableSource
 
 
 def _is_tf_dataset(x: Any) -> bool:
