@@ -149,7 +149,7 @@ def install_trainer(timers: Timers, backend: str) -> None:
         timers.wrap(module, "discover_variables", "discover_variables")
     timers.wrap(optimizers, "prepare", "optimizer_prepare")
     timers.wrap(keras.optimizers.Adam, "build", "optimizer_build")
-    timers.wrap(checks, "check_loss_shapes", "check_loss_shapes")
+    timers.wrap(checks, "loss_shape_problems", "check_loss_shapes")
     timers.wrap(checks, "check_no_gradient", "check_no_gradient")
     timers.wrap(traps, "check_values", "check_traps")
     timers.wrap(traps, "record_loss", "check_record_loss")

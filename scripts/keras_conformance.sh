@@ -8,6 +8,7 @@
 #   BACKENDS=torch bash scripts/keras_conformance.sh -k early_stopping
 #   SUITE=layers bash scripts/keras_conformance.sh    # also every Keras layer's test (each
 #                                                     # trains the layer with fit: long)
+#   SUITE=ci ...                                      # CI's slice: trainer, callbacks, models, regularizers
 # The default set: Keras's trainer and callback tests, and the model, core and
 # normalization layer, regularizer and optimizer tests (they train with fit).
 set -uo pipefail
@@ -19,6 +20,8 @@ paths=("$KERAS_SRC/trainers/trainer_test.py" "$KERAS_SRC/callbacks" "$KERAS_SRC/
 if [ "${SUITE:-}" = "layers" ]; then
   paths=("$KERAS_SRC/trainers/trainer_test.py" "$KERAS_SRC/callbacks" "$KERAS_SRC/models" "$KERAS_SRC/layers"
          "$KERAS_SRC/regularizers" "$KERAS_SRC/optimizers")
+elif [ "${SUITE:-}" = "ci" ]; then  # CI's slice (time): the trainer, callback, model and regularizer tests
+  paths=("$KERAS_SRC/trainers/trainer_test.py" "$KERAS_SRC/callbacks" "$KERAS_SRC/models" "$KERAS_SRC/regularizers")
 fi
 status=0
 for backend in ${BACKENDS:-jax tensorflow torch}; do

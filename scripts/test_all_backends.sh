@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole suite once per backend, each in its own process (Keras fixes
-# its backend at import), then Keras's own trainer, callback, model, layer,
-# regularizer and optimizer tests routed to loops.Trainer
-# (scripts/keras_conformance.sh, less its quantization tests), then the declared version
+# its backend at import), then Keras's own trainer, callback, model and
+# regularizer tests routed to loops.Trainer (scripts/keras_conformance.sh,
+# SUITE=ci), then the declared version
 # floors in a venv of their own (scripts/test_floors.sh). Runs everything, then
 # fails if anything failed. Extra arguments go to the project suite's pytest.
 set -uo pipefail
@@ -14,8 +14,8 @@ bash scripts/typecheck.sh || status=1
 for backend in jax tensorflow torch; do
   echo "=== KERAS_BACKEND=$backend ==="
   KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider tests "$@" || status=1
-  # (Keras's 130 quantization tests, slow on 2 cores, run in scripts/keras_conformance.sh alone)
-  BACKENDS=$backend bash scripts/keras_conformance.sh -k "not quantize" || status=1
+  # (CI's slice for time: the layer and optimizer tests run in scripts/keras_conformance.sh alone)
+  SUITE=ci BACKENDS=$backend bash scripts/keras_conformance.sh -k "not quantize" || status=1
 done
 echo "=== the declared version floors (constraints-floor.txt, jax) ==="
 bash scripts/test_floors.sh || status=1

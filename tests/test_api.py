@@ -12,7 +12,7 @@ def test_all_is_the_public_api():
     assert sorted(loops.__all__) == sorted(["Trainer", "clip_by_global_norm", "global_norm", "__version__",
                                             "optimizers", "set_seed", "Checkpoint", "CheckpointError",
                                             "OptimizerGroup", "latest_checkpoint", "CheckReport",
-                                            "FromLogitsWarning", "NonFiniteError", "NonFiniteReport",
+                                            "FromLogitsWarning", "LabelShapeWarning", "NonFiniteError", "NonFiniteReport",
                                             "RetraceWarning", "UnusedVariableWarning", "data_parallel", "ProcessLost", "compilation_cache"])
     for name in loops.__all__:
         assert hasattr(loops, name)

@@ -560,7 +560,10 @@ def test_an_optional_input_left_out_as_none_trains_as_model_fit(given):
     y = rng.normal(size=(7, 2)).astype("float32")
     ref = _optional_input_model()
     ref.compile(keras.optimizers.SGD(0.1), "mse")
-    hk = ref.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, validation_split=0.4)
+    try:
+        hk = ref.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, validation_split=0.4)
+    except AttributeError as e:  # (the declared floor, Keras 3.10: its array adapter reads None's shape)
+        pytest.skip(f"Keras {keras.__version__}'s own fit cannot leave an input out: {e}")
     t = Trainer(_optional_input_model(), keras.optimizers.SGD(0.1), "mse")
     h = t.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, validation_split=0.4)
     for key in ("loss", "val_loss"):
@@ -571,6 +574,12 @@ def test_an_optional_input_left_out_as_none_trains_as_model_fit(given):
 
 def test_none_for_a_required_input_is_the_model_s_own_error():
     inputs = keras.Input((3,), name="x")
+    ref = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    ref.compile("sgd", "mse")
+    with pytest.raises(Exception) as keras_error:
+        ref.fit([None], np.ones((4, 1)), verbose=0)
+    if "not optional" not in str(keras_error.value):
+        pytest.skip(f"Keras {keras.__version__} has no optional inputs: {keras_error.value}")
     t = Trainer(keras.Model(inputs, keras.layers.Dense(1)(inputs)), "sgd", "mse")
     with pytest.raises(ValueError, match="not optional"):
         t.fit([None], np.ones((4, 1)), verbose=0)
@@ -674,7 +683,10 @@ def test_every_keras_optimizer_trains_as_model_fit_trains_it(name):
     # step reads it after, its eager step before: the Trainer's steps read it before, everywhere)
     ref.compile(getattr(keras.optimizers, name)(learning_rate=0.01), SCE,
                 run_eagerly=BACKEND == "tensorflow" and name == "ScheduleFreeAdamW")
-    hk = ref.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    try:
+        hk = ref.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    except AttributeError as e:  # (the declared floor, Keras 3.10: Muon on tensorflow reads variable.path)
+        pytest.skip(f"Keras {keras.__version__}'s own fit fails with {name}: {e}")
     t = Trainer(make(), getattr(keras.optimizers, name)(learning_rate=0.01), SCE)
     h = t.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5, atol=1e-6)
