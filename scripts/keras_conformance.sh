@@ -18,8 +18,9 @@ KERAS_SRC=$(python -c "import importlib.util, os; print(os.path.join(os.path.dir
 paths=("$KERAS_SRC/trainers/trainer_test.py" "$KERAS_SRC/callbacks" "$KERAS_SRC/models" "$KERAS_SRC/layers/core"
        "$KERAS_SRC/layers/normalization" "$KERAS_SRC/regularizers" "$KERAS_SRC/optimizers")
 if [ "${SUITE:-}" = "layers" ]; then
+  # (six preprocessing test files import grain, an optional package: collected without them)
   paths=("$KERAS_SRC/trainers/trainer_test.py" "$KERAS_SRC/callbacks" "$KERAS_SRC/models" "$KERAS_SRC/layers"
-         "$KERAS_SRC/regularizers" "$KERAS_SRC/optimizers")
+         "$KERAS_SRC/regularizers" "$KERAS_SRC/optimizers" --continue-on-collection-errors)
 elif [ "${SUITE:-}" = "ci" ]; then  # CI's slice (time): the trainer, callback, model and regularizer tests
   paths=("$KERAS_SRC/trainers/trainer_test.py" "$KERAS_SRC/callbacks" "$KERAS_SRC/models" "$KERAS_SRC/regularizers")
 fi
