@@ -175,17 +175,16 @@ def rows_stay_apart(models: list[Any], training: bool) -> str | None:
     over the batch's rows); in training also none with batch statistics
     (BatchNormalization) or random draws (Dropout: a padded batch draws
     another mask for its real rows)."""
-    for model in models:
-        for layer in [model, *model._flatten_layers(include_self=False)]:
-            kind = type(layer)
-            if not kind.__module__.startswith("keras.") or kind.__name__ in _USER_CODE:
-                return f"{kind.__name__} is not Keras's own layer"
-            if getattr(layer, "activity_regularizer", None) is not None:
-                return f"{layer.name} has an activity regularizer"
-            if training and isinstance(layer, keras.layers.BatchNormalization):
-                return f"{layer.name} has batch statistics"
-            if training and any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values()):
-                return f"{layer.name} draws random numbers"
+    for layer in _layers(models):
+        kind = type(layer)
+        if not kind.__module__.startswith("keras.") or kind.__name__ in _USER_CODE:
+            return f"{kind.__name__} is not Keras's own layer"
+        if getattr(layer, "activity_regularizer", None) is not None:
+            return f"{layer.name} has an activity regularizer"
+        if training and isinstance(layer, keras.layers.BatchNormalization):
+            return f"{layer.name} has batch statistics"
+        if training and any(isinstance(v, keras.random.SeedGenerator) for v in vars(layer).values()):
+            return f"{layer.name} draws random numbers"
     return None
 
 
@@ -194,7 +193,13 @@ def makes_masks(models: list[Any]) -> bool:
     Keras's losses then average over the mask's valid entries in the whole
     batch, which a padded batch's repeated rows would add to."""
     return any(isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False)
-               for model in models for layer in [model, *model._flatten_layers(include_self=False)])
+               for layer in _layers(models))
+
+
+def _layers(models: list[Any]) -> Iterator[Any]:
+    for model in models:
+        yield model
+        yield from model._flatten_layers(include_self=False)
 
 
 def loss_weight(pad: Pad | None, sample_weight: Any, y_pred: Any = None) -> Any:
