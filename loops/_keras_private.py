@@ -99,13 +99,8 @@ def metrics_take_sample_weight(compile_metrics: CompileMetrics | None) -> bool:
     import keras
 
     user = [getattr(compile_metrics, "_user_metrics", None), getattr(compile_metrics, "_user_weighted_metrics", None)]
-    for leaf in keras.tree.flatten(user):
-        if isinstance(leaf, keras.metrics.Metric) and not type(leaf).__module__.startswith("keras."):
-            return False
-        if callable(leaf) and not isinstance(leaf, (str, keras.metrics.Metric)) \
-                and not getattr(leaf, "__module__", "").startswith(("keras.src.metrics.", "keras.src.losses.")):
-            return False  # a function of the user's may return one value per batch, not per sample
-    return True
+    # (a function of the user's may return one value per batch, not per sample)
+    return all(keras_own(leaf) for leaf in keras.tree.flatten(user) if leaf is not None and not isinstance(leaf, str))
 
 
 def update_metrics_masked(compile_metrics: CompileMetrics, y: Any, y_pred: Any, sample_weight: Any,
