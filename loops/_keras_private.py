@@ -59,14 +59,18 @@ _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight", "a
 
 def keras_own(obj: Any) -> bool:
     """Whether ``obj`` (a loss/metric object, class or function) is Keras's own
-    code, with any function it wraps (``LossFunctionWrapper.fn``)."""
+    code, with any function it wraps (``LossFunctionWrapper.fn``,
+    ``MeanMetricWrapper._fn``)."""
     import inspect
 
-    wrapped = getattr(obj, "fn", None)
-    if wrapped is not None and not keras_own(wrapped):
-        return False
+    for attribute in ("fn", "_fn"):
+        wrapped = getattr(obj, attribute, None)
+        if callable(wrapped) and wrapped is not obj and not keras_own(wrapped):
+            return False
     owner = obj if inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj) else type(obj)
-    return str(getattr(owner, "__module__", None) or "").startswith("keras.")
+    module = str(getattr(owner, "__module__", None) or "")
+    # Keras's test files (``keras.src.trainers.trainer_test``) hold user code.
+    return module.startswith("keras.") and not module.rpartition(".")[2].endswith("_test")
 
 
 def losses_average_over_batch(compile_loss: CompileLoss | None, keras_only: bool = False) -> bool:

@@ -143,3 +143,27 @@ def test_the_engine_random_functions_neutral_random_replaces_still_exist():
 
     seed = keras.ops.convert_to_numpy(_keras_private.draw_seed(7))
     assert seed.ravel().tolist() == [7, 0]
+
+
+def test_keras_own_counts_keras_code_and_not_code_in_keras_test_files():
+    """Padding and the label-shape check trust only Keras's own losses,
+    metrics and layers; a function in one of Keras's test files (its trainer
+    tests, run as conformance) is user code: it may return one value per batch."""
+    import types
+
+    import keras
+
+    assert _keras_private.keras_own(keras.losses.mean_squared_error)
+    assert _keras_private.keras_own(keras.metrics.MeanSquaredError())
+    assert _keras_private.keras_own(keras.layers.Dense)
+
+    def metric(y_true, y_pred):
+        return 0.0
+
+    assert not _keras_private.keras_own(metric)
+    metric.__module__ = "keras.src.trainers.trainer_test"
+    assert not _keras_private.keras_own(metric)
+    assert not _keras_private.keras_own(keras.metrics.MeanMetricWrapper(metric))
+    kind = types.new_class("ExampleModel", (keras.Model,))
+    kind.__module__ = "keras.src.trainers.trainer_test"
+    assert not _keras_private.keras_own(kind)

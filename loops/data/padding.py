@@ -31,6 +31,8 @@ from typing import Any, Iterator, NamedTuple
 import keras
 import numpy as np
 
+from loops._keras_private import keras_own
+
 
 class Masked(NamedTuple):
     """A batch padded to the batch size: ``data`` is ``(x, y, sample_weight)``
@@ -177,7 +179,7 @@ def rows_stay_apart(models: list[Any], training: bool) -> str | None:
     another mask for its real rows)."""
     for layer in _layers(models):
         kind = type(layer)
-        if not kind.__module__.startswith("keras.") or kind.__name__ in _USER_CODE:
+        if not keras_own(kind) or kind.__name__ in _USER_CODE:
             return f"{kind.__name__} is not Keras's own layer"
         if getattr(layer, "activity_regularizer", None) is not None:
             return f"{layer.name} has an activity regularizer"
