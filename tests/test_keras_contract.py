@@ -797,3 +797,28 @@ def test_a_stateful_rnn_carries_its_state_as_model_fit_does():
     state = ops.convert_to_numpy(model.layers[0].states[0])
     assert np.abs(state).max() > 0  # carried, not lost inside the compiled step
     np.testing.assert_allclose(state, ops.convert_to_numpy(ref.layers[0].states[0]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 3], ids=["spe1", "spe3"])
+def test_a_generator_whose_sequence_length_changes_trains_as_model_fit(k):
+    """Keras trains a generator whose non-batch dimensions change (sequences
+    of several lengths, images of several sizes): each shape compiles again.
+    A change of dtype or rank stays an error (tests/test_data.py)."""
+    rng = np.random.default_rng(0)
+    batches = [(rng.random((8, n, 3), dtype=np.float32), rng.integers(0, 3, 8).astype("int32"))
+               for n in (5, 7, 5, 9, 7, 5)]
+
+    def model():
+        return keras.Sequential([keras.layers.Dense(4, **INIT), keras.layers.GlobalAveragePooling1D(),
+                                 keras.layers.Dense(3, **INIT)])
+
+    fit = dict(epochs=1, steps_per_epoch=len(batches), verbose=0)
+    ref = model()
+    ref.compile(keras.optimizers.SGD(0.1), SCE, steps_per_execution=1 if BACKEND == "torch" else k)
+    hk = ref.fit((b for b in batches), **fit)
+    t = Trainer(model(), keras.optimizers.SGD(0.1), SCE, steps_per_execution=k)
+    h = t.fit((b for b in batches), **fit)
+    np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(t.model.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.asarray(t.predict(batches[3][0], verbose=0)).shape == (8, 3)

@@ -306,14 +306,16 @@ class IterableSource(DataSource):
             element = tuple(element)  # a DataLoader collates (x, y) into [x, y]; Keras reads lists as tuples
         element = _as_host(element)
         self._seen += 1
-        structure = keras.tree.map_structure(lambda a: None if a is None else (a.dtype, a.shape[1:]), element)
+        # Dimensions may change from batch to batch, as in Keras (each new shape
+        # compiles the step again); the nest, dtypes and ranks may not.
+        structure = keras.tree.map_structure(lambda a: None if a is None else (a.dtype, len(a.shape)), element)
         if self._structure is None:
             self._structure = structure
         elif structure != self._structure:
             raise ValueError(
                 f"The {self.kind} yielded batches of inconsistent structure: first "
-                f"{self._structure}, now {structure} ((dtype, shape without batch) per leaf). "
-                "Yield the same nest of arrays every time."
+                f"{self._structure}, now {structure} ((dtype, rank) per leaf). "
+                "Yield the same nest of arrays, of the same dtypes and ranks, every time."
             )
         if self._check_inputs:
             check_finite(element, f"batch {self._seen - 1} of the {self.kind}")
