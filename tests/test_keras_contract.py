@@ -822,3 +822,38 @@ def test_a_generator_whose_sequence_length_changes_trains_as_model_fit(k):
     for a, b in zip(t.model.get_weights(), ref.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert np.asarray(t.predict(batches[3][0], verbose=0)).shape == (8, 3)
+
+
+class _Hooks(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.seen.append(("begin", batch))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append(("end", batch))
+
+
+def test_an_unpadded_ragged_batch_inside_an_execution_window_is_one_execution_for_the_callbacks():
+    """steps_per_execution=4 over 7 batches, the last one ragged and not padded
+    (a subclassed model is user code): the second window holds two full
+    batches and the ragged one. Keras calls the batch hooks once per window
+    (begin 0, 4; end 3, 7); the numbers are those of steps_per_execution=1."""
+    x, y = _data(100)
+    fit = dict(batch_size=16, epochs=2, shuffle=False, verbose=0)
+    hooks = _Hooks()
+    t = Trainer(Subclassed(), keras.optimizers.SGD(0.1), SCE, steps_per_execution=4)
+    h = t.fit(x, y, callbacks=[hooks], **fit)
+    one = Trainer(Subclassed(), keras.optimizers.SGD(0.1), SCE).fit(x, y, **fit)
+    np.testing.assert_allclose(h.history["loss"], one.history["loss"], rtol=1e-5, atol=1e-6)
+    expected = [("begin", 0), ("end", 3), ("begin", 4), ("end", 7)] * 2
+    assert hooks.seen == expected
+    if BACKEND != "torch":  # (Keras's torch fit refuses steps_per_execution > 1)
+        ref = Subclassed()
+        ref.compile(keras.optimizers.SGD(0.1), SCE, steps_per_execution=4)
+        keras_hooks = _Hooks()
+        hk = ref.fit(x, y, callbacks=[keras_hooks], **fit)
+        assert keras_hooks.seen == expected
+        np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5, atol=1e-6)

@@ -97,20 +97,24 @@ def _shapes(batch: Any) -> list[Any]:
     return [None if a is None else np.shape(a) for a in keras.tree.flatten(batch)]
 
 
-def _same_shape_groups(batches: Iterator[Any], k: int) -> Iterator[list[Any]]:
-    """Up to ``k`` consecutive batches per group, all of one shape (a ragged
-    batch a custom step sees unpadded starts a group of its own)."""
+def _same_shape_groups(batches: Iterator[Any], k: int) -> Iterator[tuple[list[Any], bool]]:
+    """Windows of ``k`` consecutive batches, each split into runs of one shape
+    (a ragged batch that is not padded: its own run): ``(run, closes)``,
+    ``closes`` when the run ends its window. A window is one execution for the
+    callbacks, as Keras's (its jax step loops over a window of any shapes)."""
     group: list[Any] = []
+    taken = 0  # batches of the current window
     for batch in batches:
         if group and _shapes(batch) != _shapes(group[0]):
-            yield group
+            yield group, False
             group = []
         group.append(batch)
-        if len(group) == k:
-            yield group
-            group = []
+        taken += 1
+        if taken == k:
+            yield group, True
+            group, taken = [], 0
     if group:
-        yield group
+        yield group, True
 
 
 def _capped_epochs(epochs: int) -> int:
@@ -266,11 +270,13 @@ class ExecutionMixin:
         return plan(source.peek())[0]
 
     def _executions(self, source: DataSource, steps: int | None, k: int,
-                    plan: _Plan = _unchanged) -> Generator[tuple[int, int, Any, Any], None, None]:
+                    plan: _Plan = _unchanged) -> Generator[tuple[int, int, Any, Any, bool], None, None]:
         """(first step, last step, native batch, real rows of the last batch
-        or None). With ``k > 1`` the batch is up to k host batches stacked on a
-        new leading axis (one transfer, one compiled call). Batches are
-        prepared one ahead on a thread."""
+        or None, whether it closes its execution window). With ``k > 1`` the
+        batch is up to k host batches stacked on a new leading axis (one
+        transfer, one compiled call); batches of another shape in the window
+        (an unpadded ragged batch) are a call of their own in the same window.
+        Batches are prepared one ahead on a thread."""
         replicas = _distributed.current(self)
         if k > 1 and replicas.native is not None:
             raise ValueError(
@@ -285,12 +291,13 @@ class ExecutionMixin:
                     f"steps_per_execution={k} stacks k batches into one array, which sparse and ragged "
                     "inputs cannot be: pass Trainer(..., steps_per_execution=1) for them.")
 
-        def prepare(batch: Any) -> tuple[Any, Any]:
+        def prepare(batch: Any) -> tuple[Any, Any, int, bool]:
             host, real = plan(batch)
-            return to_native(host), real
+            return to_native(host), real, 1, True
 
-        def prepare_group(hosts: list[Any]) -> tuple[Any, Any, int]:
-            return to_native(_stack(hosts)), None, len(hosts)
+        def prepare_group(run: tuple[list[Any], bool]) -> tuple[Any, Any, int, bool]:
+            hosts, closes = run
+            return to_native(_stack(hosts)), None, len(hosts), closes
 
         if k == 1:
             it: Iterator[Any] = source.batches(steps)
@@ -304,15 +311,14 @@ class ExecutionMixin:
         fetch = Prefetcher(it, fn) if prefetch else Inline(it, fn)
         try:
             step = 0
-            for item in fetch:
-                n = item[2] if k > 1 else 1
-                yield step, step + n - 1, item[0], item[1]
+            for native, real, n, closes in fetch:
+                yield step, step + n - 1, native, real, closes
                 step += n
         finally:
             fetch.close()
 
     def _run_batches(self, kind: str, step_fn: Callable[[Any], Any],
-                     executions: Generator[tuple[int, int, Any, Any], None, None],
+                     executions: Generator[tuple[int, int, Any, Any, bool], None, None],
                      cbs: keras.callbacks.CallbackList, batch_hooks: bool,
                      progress: _Progress | None = None) -> dict[str, Any] | None:
         """Runs ``step_fn`` over one pass of ``executions`` with the ``kind``
@@ -324,18 +330,24 @@ class ExecutionMixin:
         stop_flag = "stop_training" if kind == "train" else "stop_evaluating"
         offset = progress.step if progress is not None else 0  # a resumed epoch starts mid-way
         logs: dict[str, Any] | None = None
+        window: int | None = None  # the first step of the open execution window
         try:
-            for first, last, batch, _ in executions:
+            for first, last, batch, _, closes in executions:
                 if progress is not None:
                     progress.before_step()
-                if batch_hooks:
-                    begin(offset + first)
+                if window is None:
+                    window = first
+                    if batch_hooks:
+                        begin(offset + first)
                 logs = step_fn(batch)
                 if progress is not None:
                     progress.after_step(last - first + 1, logs)
+                if not closes:
+                    continue  # the window goes on with batches of another shape
                 if batch_hooks:
                     # As Keras: an execution of k steps ends at first + k - 1, a short last one too.
-                    end(offset + first + self.steps_per_execution - 1, logs)
+                    end(offset + window + self.steps_per_execution - 1, logs)
+                window = None
                 if progress is not None:
                     progress.check_signal()  # SIGTERM: checkpoint this step and exit
                 if getattr(self, stop_flag):

@@ -298,7 +298,7 @@ class LoopMixin(ExecutionMixin):
         try:
             # with steps_per_execution > 1 the compiled step takes stacked batches: a stack of one
             k = self.steps_per_execution if kind != "predict" else 1
-            for _, _, batch, _ in self._executions(source, 1, k):
+            for _, _, batch, _, _ in self._executions(source, 1, k):
                 out = fn(batch)
         finally:
             self._sync()
@@ -353,7 +353,7 @@ class LoopMixin(ExecutionMixin):
                 window.clear()
 
             try:
-                for first, _, batch, real in executions:
+                for first, _, batch, real, _ in executions:
                     if first % k == 0:
                         cbs.on_predict_batch_begin(first)
                     out = predict_fn(batch)
