@@ -857,3 +857,36 @@ def test_an_unpadded_ragged_batch_inside_an_execution_window_is_one_execution_fo
         hk = ref.fit(x, y, callbacks=[keras_hooks], **fit)
         assert keras_hooks.seen == expected
         np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_that_cannot_be_compiled_runs_the_step_uncompiled_as_keras():
+    """A lookup layer (``supports_jit=False``: it runs TensorFlow on host
+    arrays) in the model: with jit_compile="auto" Keras does not compile the
+    step; neither does the Trainer (jax: op by op, where Keras's own fit
+    cannot build such a model; its predict can)."""
+    rng = np.random.default_rng(0)
+    x = rng.choice([3, 7, 11, 42], size=(64, 1)).astype("int32")
+    y = (x[:, 0] > 7).astype("int32")
+
+    def model():
+        inputs = keras.Input((1,), dtype="int32")
+        hot = keras.layers.IntegerLookup(vocabulary=[3, 7, 11, 42], output_mode="one_hot")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(2, **INIT)(hot))
+
+    fit = dict(batch_size=16, epochs=2, shuffle=False, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (not Keras's "Model doesn't support jit_compile=True")
+        t = Trainer(model(), keras.optimizers.SGD(0.5), SCE)
+    assert t._resolve_jit_compile() is False
+    ref = model()
+    ref.compile(keras.optimizers.SGD(0.5), SCE)
+    np.testing.assert_allclose(t.predict(x, verbose=0), ref.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    h = t.fit(x, y, **fit)
+    if BACKEND == "jax":  # Keras's jax fit fails on this model (its symbolic build runs TensorFlow on tracers)
+        ref.set_weights(t.model.get_weights())
+        np.testing.assert_allclose(t.predict(x, verbose=0), ref.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+        assert h.history["loss"][1] < h.history["loss"][0]
+        return
+    hk = ref.fit(x, y, **fit)
+    np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t.predict(x, verbose=0), ref.predict(x, verbose=0), rtol=1e-5, atol=1e-6)

@@ -167,7 +167,7 @@ def run_backend(factory: str | Callable[[], ParityCase], steps: int, weights_pat
         for name, values in history.history.items():
             logs.setdefault(name, []).append(float(np.asarray(values[-1])))
         snapshots.append(trainer.get_weights())
-    jit = trainer._engine.resolve_jit_compile(trainer.jit_compile) and not trainer.run_eagerly
+    jit = trainer._resolve_jit_compile() and not trainer.run_eagerly
     return {"backend": keras.backend.backend(), "jit_compile": bool(jit), "warnings": found, "logs": logs,
             "names": _weight_names(trainer),
             "weights": [np.stack([s[j] for s in snapshots]) for j in range(len(snapshots[0]))]}

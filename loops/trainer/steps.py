@@ -164,6 +164,17 @@ def _in_shard(body: Callable[[Any], Any], native: Any) -> Callable[[Any], Any]:
     return run
 
 
+def resolve_jit_compile(engine: Any, value: bool | str, models: Sequence[Any]) -> bool:
+    """``jit_compile`` as Keras resolves it: ``"auto"`` is the engine's
+    default, but no compilation where a layer says it cannot be compiled
+    (``supports_jit=False``: the lookup layers, which run TensorFlow on host
+    arrays); jax then runs the step uncompiled, as Keras's does."""
+    if value == "auto" and not all(getattr(layer, "supports_jit", True) for m in models
+                                   for layer in m._flatten_layers(include_self=True)):
+        return False
+    return bool(engine.resolve_jit_compile(value))
+
+
 class StepsMixin(StateMixin):
     """Turns the trainer's steps into compiled functions (see the module docstring)."""
 
@@ -339,7 +350,7 @@ class StepsMixin(StateMixin):
                 if reach:
                     self._reach_check = None
 
-        jit = self._engine.resolve_jit_compile(self.jit_compile)
+        jit = self._resolve_jit_compile()
         if kind not in self._step_fns or self._runner_key != self._key(jit):
             self._sync()
             eager = bool(self.run_eagerly)
@@ -373,6 +384,9 @@ class StepsMixin(StateMixin):
                                             checks=value_checks[0])
             self._step_fns[kind] = _nans.guard(self, kind, compiled, step, many)  # debug_nans
         return self._step_fns[kind]
+
+    def _resolve_jit_compile(self) -> bool:
+        return resolve_jit_compile(self._engine, self.jit_compile, self.models)
 
     def _key(self, jit: bool) -> tuple[Any, ...]:
         self._state = discover_variables(self)

@@ -27,7 +27,7 @@ from loops.optimizers import OptimizerGroup
 from loops.trainer import checks as _checks
 from loops.trainer.loop import LoopMixin
 from loops.trainer.state import discover_variables
-from loops.trainer.steps import StepsMixin
+from loops.trainer.steps import StepsMixin, resolve_jit_compile
 from loops.trainer.weights import WeightsMixin
 
 __all__ = ["OptimizerGroup", "Trainer"]
@@ -146,7 +146,7 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
                 weighted_metrics=weighted_metrics, compile_loss=self._compile_loss,
                 compile_metrics=self._compile_metrics, loss_tracker=self._loss_tracker, run_eagerly=run_eagerly,
                 steps_per_execution=steps_per_execution, jit_compile=jit_compile, auto_scale_loss=auto_scale_loss,
-                resolved_jit_compile=backends.get().resolve_jit_compile(jit_compile))
+                resolved_jit_compile=resolve_jit_compile(backends.get(), jit_compile, [model]))
         self.jit_compile = jit_compile
         self.run_eagerly = run_eagerly
         self.steps_per_execution = steps_per_execution
