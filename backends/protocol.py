@@ -230,7 +230,9 @@ class Backend(Protocol):
 
     def concat_rows(self, parts: Sequence[Any]) -> Any:
         """``parts`` (predict outputs) joined on the batch axis: NumPy's
-        concatenate, or the engine's for its own types (ragged outputs)."""
+        concatenate, or the engine's for its own types (ragged outputs). Arrays
+        that differ past the batch axis: the engine's ragged type (tensorflow,
+        as Keras's predict), else ValueError (the loop explains it)."""
         ...
 
     def to_step_input(self, batch: Tree) -> Tree:

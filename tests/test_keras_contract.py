@@ -890,3 +890,29 @@ def test_a_layer_that_cannot_be_compiled_runs_the_step_uncompiled_as_keras():
     hk = ref.fit(x, y, **fit)
     np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(t.predict(x, verbose=0), ref.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_predict_outputs_of_different_shapes_join_as_keras_joins_them():
+    """Batches whose outputs differ past the batch axis (a generator of images
+    of two sizes through a size-keeping model): tensorflow's Keras returns one
+    tf.RaggedTensor, and so does the Trainer; elsewhere Keras fails with
+    NumPy's message, the Trainer with one naming the shapes and the fix."""
+    rng = np.random.default_rng(0)
+    batches = [(rng.random((2, 5, 4, 3), dtype=np.float32),), (rng.random((3, 6, 4, 3), dtype=np.float32),)]
+
+    def model():
+        return keras.Sequential([keras.layers.Conv2D(2, 1, **INIT)])
+
+    t = Trainer(model(), keras.optimizers.SGD(0.1), "mse")
+    if BACKEND != "tensorflow":
+        with pytest.raises(ValueError, match=r"different shapes past the batch axis.*predict_on_batch"):
+            t.predict((b for b in batches), verbose=0)
+        return
+    import tensorflow as tf
+
+    ref = model()
+    expected = ref.predict((b for b in batches), verbose=0)
+    got = t.predict((b for b in batches), verbose=0)
+    assert isinstance(got, tf.RaggedTensor) and isinstance(expected, tf.RaggedTensor)
+    assert got.shape.as_list() == expected.shape.as_list() == [5, None, 4, 2]
+    np.testing.assert_allclose(got.flat_values.numpy(), expected.flat_values.numpy(), rtol=1e-6)

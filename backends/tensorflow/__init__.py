@@ -227,7 +227,16 @@ def take_rows(leaf: Any, index: Any) -> Any:
 def concat_rows(parts: Sequence[Any]) -> Any:
     if isinstance(parts[0], tf.RaggedTensor):
         return tf.concat(list(parts), axis=0)  # ragged predict outputs stay ragged, as in Keras
-    return np.concatenate(parts, axis=0)
+    shapes = [np.shape(p)[1:] for p in parts]
+    if len(set(shapes)) == 1:
+        return np.concatenate(parts, axis=0)
+    # Outputs that differ past the batch axis: one tf.RaggedTensor, as Keras's
+    # predict joins them (the trailing dimensions all batches share stay uniform).
+    same = [len({s[i] for s in shapes}) == 1 for i in range(len(shapes[0]))]
+    inner = same[::-1].index(False) if False in same else len(same)
+    rows = [row for p in parts for row in np.asarray(p)]
+    return tf.ragged.constant([r.tolist() for r in rows], dtype=parts[0].dtype,
+                              inner_shape=tuple(shapes[0][len(shapes[0]) - inner:]) if inner else None)
 
 
 def compilation_cache(directory: str) -> str | None:

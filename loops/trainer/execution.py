@@ -46,11 +46,21 @@ def _to_host(t: Any) -> Any:
 
 
 def _concat(*parts: Any) -> Any:
-    if isinstance(parts[0], np.ndarray):
+    if isinstance(parts[0], np.ndarray) and len({np.shape(p)[1:] for p in parts}) == 1:
         return np.concatenate(parts, axis=0)
     from loops import backends
 
-    return backends.get().concat_rows(parts)  # an engine's own output type (ragged, on tensorflow)
+    if not isinstance(parts[0], np.ndarray):
+        return backends.get().concat_rows(parts)  # an engine's own output type (ragged, on tensorflow)
+    try:  # outputs that differ past the batch axis: tensorflow makes them ragged, as Keras's predict
+        return backends.get().concat_rows(parts)
+    except ValueError:
+        shapes = sorted({tuple(np.shape(p)[1:]) for p in parts})
+        raise ValueError(
+            f"predict's batches gave outputs of different shapes past the batch axis ({shapes[:4]}): they "
+            "cannot be joined into one array (Keras's predict cannot either on this backend; on tensorflow "
+            "they make a tf.RaggedTensor). Feed batches whose outputs agree (resize or pad the inputs), or "
+            "call predict_on_batch (or the model) on each batch.") from None
 
 
 def _resolve_verbose(verbose: Any) -> int:
