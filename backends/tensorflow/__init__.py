@@ -230,13 +230,15 @@ def concat_rows(parts: Sequence[Any]) -> Any:
     shapes = [np.shape(p)[1:] for p in parts]
     if len(set(shapes)) == 1:
         return np.concatenate(parts, axis=0)
+    if len({len(s) for s in shapes}) > 1:
+        raise ValueError("outputs of different ranks")
     # Outputs that differ past the batch axis: one tf.RaggedTensor, as Keras's
     # predict joins them (the trailing dimensions all batches share stay uniform).
     same = [len({s[i] for s in shapes}) == 1 for i in range(len(shapes[0]))]
-    inner = same[::-1].index(False) if False in same else len(same)
-    rows = [row for p in parts for row in np.asarray(p)]
-    return tf.ragged.constant([r.tolist() for r in rows], dtype=parts[0].dtype,
-                              inner_shape=tuple(shapes[0][len(shapes[0]) - inner:]) if inner else None)
+    inner = same[::-1].index(False)
+    return tf.ragged.constant([np.asarray(p) for p in parts],  # (dtype inferred: strings too)
+                              inner_shape=tuple(shapes[0][len(shapes[0]) - inner:]) if inner else None
+                              ).merge_dims(0, 1)
 
 
 def compilation_cache(directory: str) -> str | None:

@@ -58,9 +58,9 @@ def _concat(*parts: Any) -> Any:
         shapes = sorted({tuple(np.shape(p)[1:]) for p in parts})
         raise ValueError(
             f"predict's batches gave outputs of different shapes past the batch axis ({shapes[:4]}): they "
-            "cannot be joined into one array (Keras's predict cannot either on this backend; on tensorflow "
-            "they make a tf.RaggedTensor). Feed batches whose outputs agree (resize or pad the inputs), or "
-            "call predict_on_batch (or the model) on each batch.") from None
+            "cannot be joined into one array (on jax and torch Keras's predict cannot either; tensorflow joins "
+            "outputs of one rank into a tf.RaggedTensor). Feed batches whose outputs agree (resize or pad the "
+            "inputs), or call predict_on_batch (or the model) on each batch.") from None
 
 
 def _resolve_verbose(verbose: Any) -> int:
@@ -343,9 +343,9 @@ class ExecutionMixin:
         window: int | None = None  # the first step of the open execution window
         try:
             for first, last, batch, _, closes in executions:
-                if progress is not None:
-                    progress.before_step()
-                if window is None:
+                if window is None:  # (a checkpoint falls between executions, not inside one)
+                    if progress is not None:
+                        progress.before_step()
                     window = first
                     if batch_hooks:
                         begin(offset + first)

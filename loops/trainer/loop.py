@@ -236,8 +236,11 @@ class LoopMixin(ExecutionMixin):
         self.stop_evaluating = False
         cbs.on_test_begin()
         self.reset_metrics()
-        logs = self._run_batches("test", test_fn, self._executions(source, steps, self.steps_per_execution, plan),
-                                 cbs, batch_hooks)
+        k = self.steps_per_execution
+        if steps and k > 1:  # as Keras (and fit): whole executions of k batches, as far as the data goes
+            n = source.num_batches
+            steps = -(-steps // k) * k if n is None or n < steps else min(-(-steps // k) * k, n)
+        logs = self._run_batches("test", test_fn, self._executions(source, steps, k, plan), cbs, batch_hooks)
         if progress is not None:
             progress.check_signal()  # SIGTERM during validation: checkpoint the training position
         host = self._epoch_logs(logs)

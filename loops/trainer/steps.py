@@ -7,7 +7,7 @@ steps, by one discarded eager pass for a custom step), the step runs once
 eagerly with every state change discarded (optimizers build, checks on
 shapes, gradients and stray variables run), the variables are collected, and
 the engine compiles the step (``Runner.compile``; ``loop_steps`` for
-``steps_per_execution``). It compiles again only when the variables or the
+``steps_per_execution``); it compiles again only when the variables or the
 compile options change.
 
 May import: keras, ``loops.backends`` (through ``self._engine``), the debug,
@@ -164,15 +164,17 @@ def _in_shard(body: Callable[[Any], Any], native: Any) -> Callable[[Any], Any]:
     return run
 
 
-def resolve_jit_compile(engine: Any, value: bool | str, models: Sequence[Any]) -> bool:
-    """``jit_compile`` as Keras resolves it: ``"auto"`` is the engine's
-    default, but no compilation where a layer says it cannot be compiled
-    (``supports_jit=False``: the lookup layers, which run TensorFlow on host
-    arrays); jax then runs the step uncompiled, as Keras's does."""
-    if value == "auto" and not all(getattr(layer, "supports_jit", True) for m in models
-                                   for layer in m._flatten_layers(include_self=True)):
+def resolve_jit_compile(engine: Any, value: bool | str, models: Sequence[Any], warn: bool = False) -> bool:
+    """``jit_compile`` as Keras resolves it: the engine's default for "auto", but none (True too, warned)
+    where a layer has ``supports_jit=False`` (lookups run TensorFlow on host arrays; jax: uncompiled)."""
+    resolved = bool(engine.resolve_jit_compile(value))
+    if resolved and not all(getattr(layer, "supports_jit", True) for m in models
+                            for layer in m._flatten_layers(include_self=True)):
+        if warn and value is True:
+            warnings.warn("A layer of the model has supports_jit=False (the lookup layers): the steps run with "
+                          "jit_compile=False, as Keras runs them.", stacklevel=3)
         return False
-    return bool(engine.resolve_jit_compile(value))
+    return resolved
 
 
 class StepsMixin(StateMixin):
@@ -371,7 +373,9 @@ class StepsMixin(StateMixin):
             if self.steps_per_execution > 1 and kind != "predict":
                 # k steps over batches stacked on a leading axis, in one call:
                 # lax.scan (jax), tf.while_loop (tensorflow), a Python loop (torch, eager).
-                body = _eager_loop(step) if eager else self._engine.loop_steps(step, self._state)
+                # (a step the engine does not trace, jax uncompiled, loops in Python, as Keras's)
+                body = (_eager_loop(step) if eager or not self._engine.traces(eager, jit)
+                        else self._engine.loop_steps(step, self._state))
             if self._engine.traces(eager, jit):
                 body = _warn_on_print(body, kind, self._engine.tracing)  # its Python runs only while tracing
             replicas = _distributed.current(self)

@@ -146,7 +146,7 @@ class Trainer(StepsMixin, WeightsMixin, _debug.DebugMixin, LoopMixin):
                 weighted_metrics=weighted_metrics, compile_loss=self._compile_loss,
                 compile_metrics=self._compile_metrics, loss_tracker=self._loss_tracker, run_eagerly=run_eagerly,
                 steps_per_execution=steps_per_execution, jit_compile=jit_compile, auto_scale_loss=auto_scale_loss,
-                resolved_jit_compile=resolve_jit_compile(backends.get(), jit_compile, [model]))
+                resolved_jit_compile=resolve_jit_compile(backends.get(), jit_compile, [model], warn=True))
         self.jit_compile = jit_compile
         self.run_eagerly = run_eagerly
         self.steps_per_execution = steps_per_execution
