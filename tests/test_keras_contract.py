@@ -860,20 +860,24 @@ def test_an_unpadded_ragged_batch_inside_an_execution_window_is_one_execution_fo
         np.testing.assert_allclose(h.history["loss"], hk.history["loss"], rtol=1e-5, atol=1e-6)
 
 
+_LOOKUP_DATA = (np.random.default_rng(0).choice([3, 7, 11, 42], size=(64, 1)).astype("int32"),)
+_LOOKUP_DATA += ((_LOOKUP_DATA[0][:, 0] > 7).astype("int32"),)
+
+
+def _lookup_model():
+    """A lookup layer (supports_jit=False) feeding a Dense layer."""
+    inputs = keras.Input((1,), dtype="int32")
+    hot = keras.layers.IntegerLookup(vocabulary=[3, 7, 11, 42], output_mode="one_hot")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, **INIT)(hot))
+
+
 def test_a_layer_that_cannot_be_compiled_runs_the_step_uncompiled_as_keras():
     """A lookup layer (``supports_jit=False``: it runs TensorFlow on host
     arrays) in the model: with jit_compile="auto" Keras does not compile the
     step; neither does the Trainer (jax: op by op, where Keras's own fit
     cannot build such a model; its predict can)."""
-    rng = np.random.default_rng(0)
-    x = rng.choice([3, 7, 11, 42], size=(64, 1)).astype("int32")
-    y = (x[:, 0] > 7).astype("int32")
-
-    def model():
-        inputs = keras.Input((1,), dtype="int32")
-        hot = keras.layers.IntegerLookup(vocabulary=[3, 7, 11, 42], output_mode="one_hot")(inputs)
-        return keras.Model(inputs, keras.layers.Dense(2, **INIT)(hot))
-
+    x, y = _LOOKUP_DATA
+    model = _lookup_model
     fit = dict(batch_size=16, epochs=2, shuffle=False, verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (not Keras's "Model doesn't support jit_compile=True")
@@ -897,15 +901,8 @@ def test_a_layer_that_cannot_be_compiled_with_steps_per_execution_and_jit_compil
     """The same lookup model: ``steps_per_execution=2`` loops the steps in
     Python where the step is not compiled (jax), as Keras's; an explicit
     ``jit_compile=True`` is lowered to False with a warning, as Keras's."""
-    rng = np.random.default_rng(0)
-    x = rng.choice([3, 7, 11, 42], size=(64, 1)).astype("int32")
-    y = (x[:, 0] > 7).astype("int32")
-
-    def model():
-        inputs = keras.Input((1,), dtype="int32")
-        hot = keras.layers.IntegerLookup(vocabulary=[3, 7, 11, 42], output_mode="one_hot")(inputs)
-        return keras.Model(inputs, keras.layers.Dense(2, **INIT)(hot))
-
+    x, y = _LOOKUP_DATA
+    model = _lookup_model
     fit = dict(batch_size=16, epochs=2, shuffle=False, verbose=0)
     one = Trainer(model(), keras.optimizers.SGD(0.5), SCE).fit(x, y, **fit)
     two = Trainer(model(), keras.optimizers.SGD(0.5), SCE, steps_per_execution=2).fit(x, y, **fit)
