@@ -24,7 +24,10 @@
 # off, or default), GPU_GATE_RTOL (1e-5), GPU_XDIST (3 pytest-xdist workers
 # per backend when xdist is installed; 0 for none), GPU_TEST_TF32 (0: the
 # tests run with TF32 off, as their float32 tolerances assume; 1: engine defaults),
-# GPU_JUNIT=1 (junit reports beside the logs; always in a dry run).
+# GPU_JUNIT=1 (junit reports beside the logs; always in a dry run), GPU_STARTUP_RUNS (phase 3's
+# benchmarks, ';'-separated, e.g. "memory --repeats 1"), GPU_SCALING=1 adds phase 4: ms/step against
+# batch size and width to 8192 (benchmarks.scaling, GPU_SCALING_ARGS, GPU_SCALING_CAP_S 150 per
+# backend; reports in benchmarks/results/gpu_scaling/, and $OUT/scaling.tgz).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -160,7 +163,9 @@ if [[ "${GPU_STARTUP:-1}" != 0 ]]; then
   mkdir -p "$RESULTS"
   unset XLA_PYTHON_CLIENT_PREALLOCATE JAX_DEFAULT_MATMUL_PRECISION NVIDIA_TF32_OVERRIDE
   cap=${GPU_STARTUP_CAP_S:-150}
-  if [[ $DRY == 1 ]]; then
+  if [[ -n "${GPU_STARTUP_RUNS:-}" ]]; then
+    IFS=';' read -r -a runs <<<"$GPU_STARTUP_RUNS"
+  elif [[ $DRY == 1 ]]; then
     # CI runs this per backend: the realistic-workload path alone, two arms (device memory
     # columns included; memory, first_call and the native arms have their own tests).
     runs=("workloads_real --quick --size tiny --workloads resnet --arms trainer,keras --rounds 1 --block-s 0.05 --gate-steps 2 --warmup-steps 4")
@@ -184,6 +189,27 @@ if [[ "${GPU_STARTUP:-1}" != 0 ]]; then
   done
   # One file back through $OUT (its limit is 8): the reports of this phase.
   [[ -n "${OUT:-}" && $DRY == 0 ]] && tar czf "$OUT/startup.tgz" -C "$RESULTS" .
+fi
+# ---------------------------------------------------------------- (4) scaling (opt-in: GPU_SCALING=1)
+if [[ "${GPU_SCALING:-0}" != 0 ]]; then
+  RESULTS=$([[ $DRY == 1 ]] && echo "$LOGS/scaling" || echo "$ROOT/benchmarks/results/gpu_scaling")
+  unset XLA_PYTHON_CLIENT_PREALLOCATE JAX_DEFAULT_MATMUL_PRECISION NVIDIA_TF32_OVERRIDE
+  if [[ $DRY == 1 ]]; then
+    sizes=(--batches 16,32 --widths 8 --steps 3 --block-s 0.01 --rounds 1)
+  else
+    # A GPU's work per step must reach past its launch floor: the sweeps go to batch 8192 and width 8192.
+    read -r -a sizes <<<"${GPU_SCALING_ARGS:---batches 32,256,2048,8192 --widths 64,512,2048,8192 --block-s 0.3 --rounds 2}"
+  fi
+  for backend in ${BACKENDS//,/ }; do  # one report per backend: a cap stops one, not both
+    say "scaling: python -m benchmarks.scaling ${sizes[*]} --backends $backend (cap ${GPU_SCALING_CAP_S:-150} s)"
+    timeout -s INT -k 20 "${GPU_SCALING_CAP_S:-150}" "$PY" -m benchmarks.scaling "${sizes[@]}" \
+      --backends "$backend" --out "$RESULTS/$backend" --note "GPU (benchmarks/gpu.sh)" >>"$RUNLOG" 2>&1
+    rc=$?
+    [[ $rc == 0 ]] || status=1
+    say "benchmarks.scaling on $backend: exit $rc"
+    grep -E "^\||^Verdict" "$RESULTS/$backend/scaling.md" 2>/dev/null
+  done
+  [[ -n "${OUT:-}" && $DRY == 0 ]] && tar czf "$OUT/scaling.tgz" -C "$RESULTS" .
 fi
 say "done: exit $status; logs in $LOGS"
 exit $status

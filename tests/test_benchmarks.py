@@ -86,6 +86,8 @@ def test_short_run_arms_are_timed_and_agree():
 def test_scaling_times_every_arm_at_every_point(tmp_path, monkeypatch):
     import json
 
+    import keras
+
     monkeypatch.setenv("LOOPS_TORCH_CAPTURE", "first")  # as the benchmark's workers run (torch: the replayed step)
     mode = dict(batches=(32,), widths=(64,), steps=3, block_s=0.0, rounds=1)
     res = scaling.run_backend(mode["batches"], mode["widths"], mode["steps"], mode["block_s"], mode["rounds"])
@@ -97,9 +99,12 @@ def test_scaling_times_every_arm_at_every_point(tmp_path, monkeypatch):
     for key, point in saved["points"].items():
         ms = point["ms_per_step"]
         assert set(ms) == set(scaling.ARMS) and all(math.isfinite(v) and v > 0 for v in ms.values()), (key, point)
+        if keras.backend.backend() == "torch":  # Keras's and torch's Adam update, each timed alone
+            assert all(point["optimizer_ms"][k] > 0 for k in ("keras", "torch")), point
     assert "slope" in saved["overhead"], saved["overhead"]
     text = open(paths["md"]).read()
     assert "| batch | 32 | 256 |" in text and "| width | 128 | 64 |" in text and "Verdict:" in text
+    assert ("Keras − torch Adam ms (alone)" in text) == (keras.backend.backend() == "torch"), text
     assert "FAILED" not in text and "—" not in text.split("## ")[-1], text
 
 

@@ -216,7 +216,35 @@ def test_on_a_gpu_the_eager_step_is_timed_with_device_syncs_so_a_slower_graph_is
     step = trainer._runner.captured["train"]
     assert graphs.seen == [0] * 16 and step.policy.stay_eager  # measured, dropped, eager from then on
     assert step.policy.samples == {k: policy.TIMED_CALLS for k in step.policy.samples}
-    assert len(syncs) == 2 * policy.TIMED_CALLS  # before and after each timed call; none later
+    # before and after each timed eager call and the capture's own run; none later
+    assert len(syncs) == 2 * policy.TIMED_CALLS + 2
+
+
+def test_a_graph_whose_first_run_is_far_slower_than_the_eager_step_is_dropped_untimed(small_threshold,
+                                                                                      monkeypatch):
+    """A new graph whose first run (the captured step itself) took over
+    DROP_FIRST_ABOVE eager steps is dropped without timing its replays (two
+    more runs on copies of the state: the full-size LSTM's 0.7 s and ~50 MB
+    on CPU); the signature runs eagerly from then on, with the eager results."""
+    from loops.backends.torch import executors, policy
+
+    raced = []
+    monkeypatch.setattr(policy, "DROP_FIRST_ABOVE", 0.0)  # any first run is too slow
+    monkeypatch.setattr(executors, "best_times", lambda fns, *a, **k: raced.append(1) or [0.0] * len(fns))
+    x, y = _data(64)
+    trainer, reference = _trainer(), _trainer(eager=True)
+    graphs = Graphs(trainer)
+    got = trainer.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[graphs]).history
+    want = reference.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0).history
+    step = trainer._runner.captured["train"]
+    assert graphs.seen == [0] * 16 and step.policy.stay_eager and not raced
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6, atol=1e-7)
+    for a, b in zip(trainer.model.get_weights(), reference.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # and with the rule off, the same run times the replays (the race this rule skips)
+    monkeypatch.setattr(policy, "DROP_FIRST_ABOVE", float("inf"))
+    _trainer().fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    assert raced
 
 
 class _TorchLSTMNet(keras.Model):

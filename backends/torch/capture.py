@@ -301,12 +301,19 @@ class CapturedStep:
             return self._not_captured(batch, e)
         graph_passes.simplify(graph)
         saved = [t.detach().clone() for t in tensors]
+        if self.on_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         try:
             with torch.no_grad():
                 out = graph(tensors, inputs)  # the step itself
         except Exception as e:  # noqa: BLE001 - a value error (an index out of range): the eager step's message
             self._restore(tensors, saved, rng)
             return self._not_captured(batch, e)
+        if self.on_gpu:
+            torch.cuda.synchronize()
+        if self.policy.hopeless(key, time.perf_counter() - start):
+            return out  # far slower than its eager step: eager for good, without timing it again
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's pytree specs, deep-copied
             candidate = copy.deepcopy(graph)

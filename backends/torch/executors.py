@@ -36,6 +36,10 @@ def held_bytes(graph: torch.fx.GraphModule) -> int:
     return total
 
 
+def on_gpu(tensors: Sequence[Any]) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in tensors)
+
+
 def torchscript(graph: Any, tensors: list[Any], inputs: list[Any]) -> Callable[[list[Any], list[Any]], Any] | None:
     """The graph as a TorchScript trace, or None. TorchScript's interpreter
     runs the ops from C++: on the MLP benchmark the step is ~12% faster than
@@ -44,9 +48,14 @@ def torchscript(graph: Any, tensors: list[Any], inputs: list[Any]) -> Callable[[
     dependency: where it is missing, fails, or does not reproduce the
     captured step, or the step's intermediates are over
     ``TORCHSCRIPT_MAX_HELD_BYTES`` (its memory peak), the FX graph runs.
-    ``LOOPS_TORCH_REPLAY=fx`` turns it off."""
-    if os.environ.get("LOOPS_TORCH_REPLAY", "").lower() == "fx" or not hasattr(torch.jit, "trace") \
-            or held_bytes(graph) > TORCHSCRIPT_MAX_HELD_BYTES:
+    CPU steps only: on an H200 a traced step's second run took ~45 MB more
+    host memory (fusers off too; the same step as FX code none), and the FX
+    replay was as fast there (benchmarks/memory.py's evaluate 0.3 s, fit
+    1.2 s, either way). ``LOOPS_TORCH_REPLAY=fx`` turns it off everywhere,
+    ``LOOPS_TORCH_REPLAY=torchscript`` tries it on a GPU too."""
+    mode = os.environ.get("LOOPS_TORCH_REPLAY", "").strip().lower()
+    if mode == "fx" or not hasattr(torch.jit, "trace") or held_bytes(graph) > TORCHSCRIPT_MAX_HELD_BYTES \
+            or (mode != "torchscript" and on_gpu([*tensors, *inputs])):
         return None
     try:
         # Tracing runs the step once, on copies: its random draws must not count.

@@ -69,6 +69,13 @@ from typing import Any
 # 3.3 s of capture against 0.8 s eagerly); from ~650 calls on they win.
 CAPTURE_AFTER = 100
 KEEP_BELOW = 0.95  # a replay is kept when it takes at most this share of the eager step
+# A graph whose first run (the captured step itself) takes more than this
+# many eager steps is dropped without timing its replays (two more runs, on
+# copies of the state): a replay's best time came within 0.75-1.0x of its
+# first run (CPU: the realistic GPT, LSTM and ResNet at quick sizes), so it
+# cannot reach KEEP_BELOW. The full-size LSTM (CPU): first run 0.39 s against
+# a 0.14 s eager step; its replay race cost 0.73 s and ~50 MB of peak RSS.
+DROP_FIRST_ABOVE = 1.5
 TIMED_CALLS = 3  # eager calls per signature timed on a GPU, each waiting for the device
 
 MODES = ("auto", "first", "never")
@@ -152,6 +159,15 @@ class Policy:
             return True
         self.stay_eager.add(key)
         return False
+
+    def hopeless(self, key: Any, first_run_s: float) -> bool:
+        """Whether ``key``'s new graph, whose first run took ``first_run_s``,
+        is dropped before its replays are timed (``DROP_FIRST_ABOVE``)."""
+        eager_s = self.eager_s.get(key)
+        if eager_s is None or first_run_s <= DROP_FIRST_ABOVE * eager_s:
+            return False
+        self.stay_eager.add(key)
+        return True
 
     def _planned(self, eager: int) -> float:
         """Calls after this one that a signature with ``eager`` earlier calls
