@@ -4,7 +4,8 @@ to ``value_and_grad`` records a graph, so optimizer and metric updates never
 do, and gradients never leak into other networks' ``.grad``.
 
 Owns everything torch: this module (the protocol functions), ``capture.py``,
-``policy.py`` and ``graph_passes.py`` (graph capture of compiled steps), ``optim.py``
+``policy.py`` and ``graph_passes.py`` (graph capture of compiled steps),
+``compiled.py`` (``torch.compile``, for ``jit_compile=True``), ``optim.py``
 (``torch.optim`` as a Keras optimizer) and ``distributed.py``
 (``torch.distributed`` data parallelism, torchrun). May import torch, keras,
 numpy and ``loops._keras_private``.
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from . import distributed as _dp
-from . import capture, executors
+from . import capture, compiled, executors
 from .distributed import data_parallel, replicas  # noqa: F401  (protocol functions)
 
 NAME = "torch"
@@ -67,9 +68,7 @@ class _Runner:
             return self.captured[kind]
         # (torch.compile takes the body alone: a clock read or gc.collect inside
         # would break its graph and guard on the clock's value, recompiling at every call)
-        if on_trace is None:
-            return torch.compile(body, backend=_counting_inductor)
-        return _counting_compiles(body, on_trace)
+        return compiled.step(body, on_trace)
 
     def expect(self, kind: str, calls: int | None) -> None:
         # Capture pays off only over many calls: the policy weighs the plan (policy.py).
@@ -79,35 +78,6 @@ class _Runner:
 
     def sync(self) -> None:
         return None
-
-
-def _counting_compiles(step: Callable[[Any], Any], on_trace: Callable[[Any], None]) -> Callable[[Any], Any]:
-    """``torch.compile(step)`` that calls ``on_trace(batch)`` after each call
-    during which dynamo compiled something. Dynamo replays Python side effects
-    at every call, so the step's own Python cannot count traces; its backend
-    (inductor, wrapped) is called once per graph it compiles. A call that
-    compiles several graphs (graph breaks) counts once."""
-    compiled = torch.compile(step, backend=_counting_inductor)
-
-    def run(batch: Any) -> Any:
-        _compiles.now = False
-        out = compiled(batch)
-        if _compiles.now:
-            on_trace(batch)
-        return out
-
-    return run
-
-
-_compiles = threading.local()  # .now: whether dynamo compiled a graph during this thread's call
-
-
-def _counting_inductor(gm: Any, example_inputs: Any) -> Any:
-    """Inductor, noting that it compiled. One function for every compiled
-    step: dynamo guards on the backend's identity, and the steps of a process
-    share their code (a new backend per step recompiled every step it met)."""
-    _compiles.now = True
-    return torch._dynamo.lookup_backend("inductor")(gm, example_inputs)
 
 
 def make_runner(variables: Sequence[keras.Variable]) -> _Runner:
