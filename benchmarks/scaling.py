@@ -224,8 +224,9 @@ def markdown(results: list[dict[str, Any]], machine: str, mode: dict[str, Any], 
         if net:
             lines += ["", "Keras − torch Adam: one Adam update of that width's parameters, Keras's (which the "
                       "Trainer and `model.fit` run) minus `torch.optim.Adam`'s (the native arm's), each timed "
-                      "alone and eagerly (`benchmarks.optimizer_diag`). Where the overhead grows with the parameter count and this column with it, the "
-                      "growth is the optimizer's arithmetic, which `model.fit` pays as well."]
+                      "alone and eagerly (`benchmarks.optimizer_diag`): the part of the overhead that is the optimizer's "
+                      "arithmetic, which `model.fit` pays as well; the rest is the step's other kernels (Keras's "
+                      "layers against `torch.nn`'s) and the loop."]
     return "\n".join(lines) + "\n"
 
 
