@@ -174,6 +174,8 @@ if [[ "${GPU_STARTUP:-1}" != 0 ]]; then
           "workloads_real --quick --size full --rounds 2 --block-s 0.3 --gate-steps 5")
   fi
   for run in "${runs[@]}"; do
+    run="${run#"${run%%[![:space:]]*}"}"  # (entries of "a; b" start with a space; "a;;b" has an empty one)
+    [[ -z "$run" ]] && continue
     for backend in ${BACKENDS//,/ }; do  # one backend at a time: a cap stops one report, not all
       say "startup and memory: python -m benchmarks.$run --backends $backend (cap ${cap} s)"
       # shellcheck disable=SC2086

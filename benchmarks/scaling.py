@@ -121,14 +121,17 @@ def run_backend(batches: tuple[int, ...], widths: tuple[int, ...], steps: int, b
         t0 = time.perf_counter()
         try:
             row = run_point(batch, width, steps, block_s, rounds, arms)
-            if backend == "torch":
-                from benchmarks.optimizer_diag import update_ms
+        except Exception as e:  # noqa: BLE001 - a point that fails is a failed row, not a lost backend
+            row = {"batch": batch, "width": width, "error": f"{type(e).__name__}: {e}"[:500]}
+        if backend == "torch" and "error" not in row:
+            from benchmarks.optimizer_diag import update_ms
 
+            try:
                 if width not in updates:
                     updates[width] = update_ms(width, repeats=10, fused=False)
                 row["optimizer_ms"] = updates[width]
-        except Exception as e:  # noqa: BLE001 - a point that fails is a failed row, not a lost backend
-            row = {"batch": batch, "width": width, "error": f"{type(e).__name__}: {e}"[:500]}
+            except Exception as e:  # noqa: BLE001 - a diagnostic column, not the point's timing
+                print(f"[torch] optimizer timing at width {width} failed: {e}", file=sys.stderr)
         points[f"{batch}x{width}"] = row
         ms = row.get("ms_per_step", {})
         print(f"[{backend}] batch {batch} width {width}: " + (row.get("error") or ", ".join(
@@ -140,8 +143,8 @@ def run_backend(batches: tuple[int, ...], widths: tuple[int, ...], steps: int, b
 
 def optimizer_gap(p: dict[str, Any]) -> float | None:
     """torch: Keras's Adam update minus ``torch.optim.Adam``'s (ms), each timed alone."""
-    opt = p.get("optimizer_ms")
-    return opt["keras"] - opt["torch"] if opt else None
+    opt = p.get("optimizer_ms") or {}
+    return opt["keras"] - opt["torch"] if "keras" in opt and "torch" in opt else None
 
 
 def overheads(res: dict[str, Any]) -> dict[str, Any]:

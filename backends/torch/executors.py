@@ -54,6 +54,8 @@ def torchscript(graph: Any, tensors: list[Any], inputs: list[Any]) -> Callable[[
     1.2 s, either way). ``LOOPS_TORCH_REPLAY=fx`` turns it off everywhere,
     ``LOOPS_TORCH_REPLAY=torchscript`` tries it on a GPU too."""
     mode = os.environ.get("LOOPS_TORCH_REPLAY", "").strip().lower()
+    if mode not in ("", "auto", "fx", "torchscript"):
+        raise ValueError(f"LOOPS_TORCH_REPLAY must be one of auto, fx, torchscript; got {mode!r}.")
     if mode == "fx" or not hasattr(torch.jit, "trace") or held_bytes(graph) > TORCHSCRIPT_MAX_HELD_BYTES \
             or (mode != "torchscript" and on_gpu([*tensors, *inputs])):
         return None

@@ -28,12 +28,14 @@ kernel into its per-timestep ops (an LSTM of 64 steps on an H200: the graph
 replayed at 54 ms a step, the eager step took 12 ms), and the capture itself
 cost 4 s and ~90 MB of host memory before the timing rule below dropped it.
 
-One rule reads timings (on a GPU an eager step's time without a sync is its
+Two rules read timings (on a GPU an eager step's time without a sync is its
 launch, so there the first ``TIMED_CALLS`` eager calls of a signature wait
 for the device before and after; later ones run unsynchronized): a new graph whose
 replay is not faster than the fastest eager call of its signature past the
 first (by ``KEEP_BELOW``) is dropped, before any TorchScript trace, and the
-signature runs eagerly from then on. Measured (``benchmarks/workloads_real``,
+signature runs eagerly from then on; one whose first run (the captured
+step itself) is far slower still (``DROP_FIRST_ABOVE``, and by
+``DROP_FIRST_MIN_S``) is dropped before its replays are even timed. Measured (``benchmarks/workloads_real``,
 full size, 2 CPU cores): an LSTM of 256 units over 64 steps, batch 64, runs
 166 ms a step eagerly; its graph (the recurrence unrolled into small ops)
 replayed at 384 ms, and the TorchScript trace took 4.4 s and 3.6 GB more on
@@ -76,6 +78,9 @@ KEEP_BELOW = 0.95  # a replay is kept when it takes at most this share of the ea
 # cannot reach KEEP_BELOW. The full-size LSTM (CPU): first run 0.39 s against
 # a 0.14 s eager step; its replay race cost 0.73 s and ~50 MB of peak RSS.
 DROP_FIRST_ABOVE = 1.5
+# ... and slower by this much: the rule saves a costly race, and a step of a
+# millisecond or less has a thin margin against one cold, noisy first run.
+DROP_FIRST_MIN_S = 0.05
 TIMED_CALLS = 3  # eager calls per signature timed on a GPU, each waiting for the device
 
 MODES = ("auto", "first", "never")
@@ -164,7 +169,7 @@ class Policy:
         """Whether ``key``'s new graph, whose first run took ``first_run_s``,
         is dropped before its replays are timed (``DROP_FIRST_ABOVE``)."""
         eager_s = self.eager_s.get(key)
-        if eager_s is None or first_run_s <= DROP_FIRST_ABOVE * eager_s:
+        if eager_s is None or first_run_s <= max(DROP_FIRST_ABOVE * eager_s, eager_s + DROP_FIRST_MIN_S):
             return False
         self.stay_eager.add(key)
         return True
