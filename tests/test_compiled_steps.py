@@ -481,3 +481,29 @@ def test_torch_jit_compile_of_a_gradient_penalty_is_a_clear_error():
         trainer.fit(x, np.zeros((32, 1), "float32"), batch_size=16, epochs=1, verbose=0)
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax.jit's cache key")
+def test_jax_compiles_the_train_step_once_over_epochs_and_fits(caplog):
+    """The checked first call ran on copies of the state committed to their
+    device, and jax.jit keys its cache on committedness: the next epoch, whose
+    metrics reset to uncommitted zeros, compiled the whole step again (every
+    fit of two epochs or more paid a second XLA compile). Now the copies are
+    committed where the values were."""
+    import logging
+
+    import jax
+
+    x, y = _images(64)
+    model = keras.Sequential([keras.Input((10, 10, 1)), keras.layers.Flatten(), keras.layers.Dense(4)])
+    trainer = Trainer(model, keras.optimizers.Adam(1e-2),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            trainer.fit(x, y, batch_size=16, epochs=3, verbose=0)
+            trainer.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiles = [r.getMessage() for r in caplog.records if "Finished XLA compilation of jit(pure)" in r.getMessage()]
+    assert len(compiles) == 1, compiles

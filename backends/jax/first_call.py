@@ -191,7 +191,15 @@ def copies(values: list[Any]) -> list[Any]:
     """New buffers with the same contents, without a compiled copy per shape
     (``jnp.array(copy=True)`` compiles one: ~10 ms each on the first call)."""
     try:
-        # (each value's own sharding: a global array spans processes)
-        return [jax.device_put(v, getattr(v, "sharding", None), may_alias=False) for v in values]
+        # Each value's own sharding where it is committed (a global array spans
+        # processes), none where it is not: a copy committed to its device would
+        # change the compiled step's cache key (jit keys on committedness), and
+        # the next epoch, whose metrics reset to uncommitted zeros, compiled the
+        # step again (a whole second XLA compile at every fit's second epoch).
+        return [jax.device_put(v, v.sharding if _committed(v) else None, may_alias=False) for v in values]
     except TypeError:  # jax < 0.4.31 has no may_alias
         return [jax.numpy.array(v, copy=True) for v in values]
+
+
+def _committed(value: Any) -> bool:
+    return bool(getattr(value, "committed", getattr(value, "_committed", True)))
