@@ -69,8 +69,12 @@ class _Runner:
         else:
             # State keeps its layout (replicated, or split by a LayoutMap);
             # logs and predictions come back replicated (readable on every host).
-            jitted = jax.jit(pure, donate_argnums=0, out_shardings=(
-                _dp.replicated(distribution), _dp.variable_shardings(distribution, variables)))
+            # The checks' labels and predictions (Gate) as XLA lays them out (None: split
+            # along the batch as computed, not all-gathered at every call); the first
+            # call's checks read them once. (A fixed batch split would refuse the leading
+            # rows of a wide output, which need not divide among the devices.)
+            shardings = (_dp.replicated(distribution), _dp.variable_shardings(distribution, variables))
+            jitted = jax.jit(pure, donate_argnums=0, out_shardings=shardings if gate is None else shardings + (None,))
 
         def step(batch: Any) -> Any:
             if self._values is None:
@@ -266,8 +270,8 @@ def to_step_input(batch: Any) -> Any:
 
 
 def trace_only(fn: Callable[[Any], Any], batch: Any) -> bool:
-    if jax.process_count() > 1 or _dp.current() is not None:
-        return False  # sharded: eager (traced, the checks' tensors would be all-gathered at every call)
+    if jax.process_count() > 1:
+        return False  # eager: the checks' global arrays would span processes the host cannot read
     return _first_call.trace_only(fn, batch)
 
 
