@@ -67,12 +67,11 @@ class _Runner:
         if distribution is None:
             jitted = jax.jit(pure, donate_argnums=0)
         else:
-            # State keeps its layout (replicated, or split by a LayoutMap);
-            # logs and predictions come back replicated (readable on every host).
-            # The checks' labels and predictions (Gate) as XLA lays them out (None: split
-            # along the batch as computed, not all-gathered at every call); the first
-            # call's checks read them once. (A fixed batch split would refuse the leading
-            # rows of a wide output, which need not divide among the devices.)
+            # State keeps its layout (replicated, or split by a LayoutMap); logs and
+            # predictions come back replicated (readable on every host). The checks'
+            # labels and predictions (Gate) as XLA lays them out (None: split as computed,
+            # no all-gather per call; a fixed batch split would refuse the leading rows of
+            # a wide output): the first call's checks read (gather) them once.
             shardings = (_dp.replicated(distribution), _dp.variable_shardings(distribution, variables))
             jitted = jax.jit(pure, donate_argnums=0, out_shardings=shardings if gate is None else shardings + (None,))
 
@@ -201,19 +200,20 @@ def tracing() -> bool:
 
 def host_values(fn: Callable[..., None], tensors: Sequence[Any]) -> None:
     tensors = list(tensors)
+    traced = any(isinstance(t, jax.core.Tracer) for t in tensors)
+    gate = _first_call.current() if traced else None
+    if gate is not None:  # a checked step being compiled: fn runs after its first call
+        gate.stage(fn, tensors)  # (as laid out: the first call's values are gathered once, see Gate)
+        return
+    if traced and _first_call.abstract():
+        return  # the checks' abstract trace: nothing to read (the compiled first call is checked)
     if jax.process_count() > 1:  # global arrays span processes: every process sees all of each value
-        tensors = _dp.everywhere(tensors)
-    if not any(isinstance(t, jax.core.Tracer) for t in tensors):
+        tensors = _dp.everywhere(tensors)  # (tracers stay tracers: an eager value_and_grad's)
+    if not traced:
         fn(*[np.asarray(t) for t in tensors])
         return
-    gate = _first_call.current()
-    if gate is not None:  # a checked step being compiled: fn runs after its first call
-        gate.stage(fn, tensors)
-        return
-    # Inside jax.value_and_grad (eager) the values are tracers; a debug
-    # callback receives their concrete values at once (under make_jaxpr it is
-    # only staged, so fn is not called). Its exceptions are re-raised here
-    # rather than logged by jax.
+    # Inside jax.value_and_grad (eager) the values are tracers; a debug callback
+    # receives their concrete values at once. Its exceptions are re-raised here.
     errors: list[BaseException] = []
 
     def callback(*arrays: Any) -> None:
@@ -270,8 +270,6 @@ def to_step_input(batch: Any) -> Any:
 
 
 def trace_only(fn: Callable[[Any], Any], batch: Any) -> bool:
-    if jax.process_count() > 1:
-        return False  # eager: the checks' global arrays would span processes the host cannot read
     return _first_call.trace_only(fn, batch)
 
 

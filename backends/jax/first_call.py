@@ -14,7 +14,9 @@ first-step checks run in two halves that cost no eager step:
   that the compiled step returns as extra outputs at every call. After the
   first call ``Gate.run`` calls the checks on them, so what they raise or
   warn comes from the caller's thread, and the runner keeps the variables
-  as they were if they raise. Later calls ignore those outputs.
+  as they were if they raise. Later calls ignore those outputs. Under a
+  distribution they stay split as computed; a multi-process run gathers
+  them once, so every process checks (and fails) alike.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def first_call(jitted: Callable[..., Any], before: list[Any], batch: Any, gate: 
     buffers are deleted, as donation would have."""
     out, after, staged = jitted(copies(before), batch)
     try:
-        gate.run(staged)
+        gate.run(_readable(staged))
     except BaseException:
         for value in after:
             value.delete()
@@ -185,6 +187,19 @@ def first_call(jitted: Callable[..., Any], before: list[Any], batch: Any, gate: 
     for value in before:
         value.delete()
     return out, after
+
+
+def _readable(values: list[Any]) -> list[Any]:
+    """The staged values as this process can read them: where they span
+    processes (a multi-process run), gathered whole, the same on every
+    process, so the checks decide alike everywhere (a collective: every
+    process's first call gets here, in the same order). Once per run: the
+    compiled step leaves them split, as computed."""
+    if jax.process_count() == 1:
+        return values
+    from .distributed import everywhere
+
+    return everywhere(values)
 
 
 def copies(values: list[Any]) -> list[Any]:
