@@ -34,7 +34,7 @@ from loops.data import padding as _padding
 from loops.debug import diagnostics as _debug
 from loops.debug import nans as _nans
 from loops.trainer import checks as _checks
-from loops.trainer.state import Held, StateMixin, _default_train_step as _default_step, discover_variables
+from loops.trainer.state import Held, StateMixin, build_default_optimizer, discover_variables
 
 
 class _ReadThroughScope(keras.StatelessScope):
@@ -267,16 +267,11 @@ class StepsMixin(StateMixin):
         _debug.prepare(self)  # grad_diagnostics' metric, before the state is collected
         self._build_models(step, batch, kind, abstract)
         self._state = discover_variables(self)
-        # The Trainer's optimizer options on every optimizer it holds (custom
-        # steps' too), and the engine's adaptations, before anything builds.
+        # The Trainer's optimizer options on every optimizer (custom steps' too), before anything builds.
         _optimizers.prepare(self.optimizers, self._optimizer_options)
-        opt, model = getattr(self, "_optimizer", None), self.model
-        if kind == "train" and opt is not None and not opt.built and model is not None and _default_step(self) \
-                and model.trainable_variables:  # (as Keras's symbolic build; in jax's checks trace the
-            with outside_stateless_scope():  # slots of a distribution's variables compiled twice as much)
-                opt.build(model.trainable_variables)
-        # Optimizers only build here: their updates are engine-specific writes
-        # (tensorflow's bypass keras.Variable) that no scope can intercept.
+        if kind == "train":
+            build_default_optimizer(self)  # outside any trace, as Keras's symbolic build
+        # Optimizers only build here: their updates are engine-specific writes no scope can intercept.
         optimizers = self.optimizers
         for opt in optimizers:
             opt.apply = _build_only(opt, outside_trace=self._engine.outside_trace)  # shadows the method
