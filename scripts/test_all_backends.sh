@@ -17,6 +17,10 @@ cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=2
 status=0
 budget="${EXTRAS_BEFORE_S:-3600}"
+if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
+  echo "EXTRAS_BEFORE_S must be whole seconds (e.g. 3600), got '$budget'; FULL=1 runs every part regardless." >&2
+  exit 2
+fi
 skipped=()
 extra() {  # extra NAME COMMAND...: runs a later part unless the time is spent
   local name="$1"; shift

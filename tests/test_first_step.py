@@ -359,3 +359,34 @@ def test_torch_checks_forward_keeps_no_activations() -> None:
     assert loss.grad_fn is not None and float(loss) == 8.0
     assert [float(g.abs().sum()) for g in grads] == [0.0]  # reached: zeros, nothing differentiated
 
+
+
+def test_the_default_step_s_optimizer_builds_before_the_first_step_a_custom_step_s_at_its_apply():
+    """As Keras's symbolic build: the default train_step's optimizer is built on
+    the model's trainable variables before the checked first step runs (inside
+    jax's trace of that step its slots compiled their programs again); a custom
+    step's optimizer still builds at its first ``apply``."""
+    x, y = np.random.rand(32, 4).astype("float32"), np.random.randint(0, 3, 32)
+
+    def watched(trainer):
+        seen = []
+        original = trainer.optimizer.build
+        trainer.optimizer.build = lambda variables: seen.append(trainer._in_first_step) or original(variables)
+        trainer.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        return seen
+
+    def make(cls=loops.Trainer):
+        model = keras.Sequential([keras.layers.Dense(3)])  # unbuilt: built before the optimizer
+        return cls(model, keras.optimizers.Adam(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    assert watched(make()) == [False]
+
+    class Custom(loops.Trainer):
+        def train_step(self, batch):
+            xb, yb = batch
+            variables = self.model.trainable_variables
+            loss, grads = self.value_and_grad(lambda: self.compute_loss(xb, yb, self.model(xb)), variables)
+            self.optimizer.apply(grads, variables)
+            return {"loss": loss}
+
+    assert watched(make(Custom)) == [True]
