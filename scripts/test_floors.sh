@@ -12,7 +12,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python -m venv "$venv"
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check -c constraints-floor.txt \
-  keras jax jaxlib optax tensorflow-cpu numpy h5py ml_dtypes scikit-learn pytest || exit 1
+  keras jax jaxlib optax tensorflow-cpu numpy h5py ml_dtypes scikit-learn pytest pytest-xdist || exit 1
 "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>/dev/null \
   || "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e . || exit 1
 status=0
