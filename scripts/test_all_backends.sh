@@ -27,7 +27,8 @@ if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
   echo "EXTRAS_BEFORE_S must be whole seconds (e.g. 3600), got '$budget'; FULL=1 runs every part regardless." >&2
   exit 2
 fi
-workers="${TEST_WORKERS:-$(python -c 'import os; print(min(len(os.sched_getaffinity(0)), 4))')}"
+# (the cores this process may use where the OS says so, as nproc; else all of them: macOS)
+workers="${TEST_WORKERS:-$(python -c 'import os; n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(); print(min(n or 1, 4))')}"
 if ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
   echo "TEST_WORKERS must be a whole number of processes (1 runs the tests in one), got '$workers'." >&2
   exit 2
