@@ -22,6 +22,17 @@ def requires(module):
     return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} is not installed")
 
 
+def every_backend():
+    """Marks a test that runs jax, tensorflow and torch in subprocesses: it runs
+    once per CI run (in the jax suite's), where all three engines are installed."""
+    import importlib.util
+
+    missing = [m for m in ("jax", "tensorflow", "torch") if importlib.util.find_spec(m) is None]
+    return pytest.mark.skipif(BACKEND != "jax" or bool(missing),
+                              reason="runs every backend in subprocesses: once per CI run (the jax suite's), "
+                                     "with all three engines installed")
+
+
 def pytest_report_header(config):
     return f"keras backend: {BACKEND} (keras {keras.__version__})"
 

@@ -7,7 +7,6 @@ tensorflow and torch (each in a subprocess, once: in the jax suite's run).
 In-process tests check the draws themselves.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,15 +18,12 @@ import numpy as np
 import pytest
 
 import loops
-from conftest import BACKEND
+from conftest import BACKEND, every_backend
 from loops import Trainer
 from loops import neutral_random
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENGINES = ("jax", "tensorflow", "torch")
-every_backend = pytest.mark.skipif(
-    BACKEND != "jax" or any(importlib.util.find_spec(m) is None for m in ENGINES),
-    reason="runs every backend in subprocesses: once per CI run (the jax suite's), with all three engines installed")
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +41,7 @@ def _cases(backend):
     return json.loads(line[len("NEUTRAL-JSON "):])
 
 
-@every_backend
+@every_backend()
 def test_random_models_train_the_same_on_every_backend():
     runs = {backend: _cases(backend) for backend in ENGINES}
     here = runs["jax"]
@@ -59,7 +55,7 @@ def test_random_models_train_the_same_on_every_backend():
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"{case} final weights, jax vs {other}")
 
 
-@every_backend
+@every_backend()
 def test_without_neutral_random_the_backends_differ():
     """The check above can fail: with each engine's generator the same cases part."""
     env_script = (

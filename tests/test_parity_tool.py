@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import _parity_cases
-from conftest import BACKEND
+from conftest import BACKEND, every_backend
 from loops import Trainer
 from loops.parity import ParityDropout, compare, compare_runs, known_divergence_sources, neutral_uniform, run_backend
 
@@ -76,10 +76,7 @@ def test_in_process_rerun_agrees_and_a_planted_weight_is_localized(tmp_path):
     assert d.step is not None and d.metric == "loss"
 
 
-cross_backend = pytest.mark.skipif(BACKEND != "jax", reason="runs all three backends in subprocesses; once is enough")
-
-
-@cross_backend
+@every_backend()
 @pytest.mark.parametrize("factory", ["classic_mlp", "cnn_bn_dropout", "neutral_dropout_mlp"])
 def test_one_epoch_agrees_on_all_three_backends(factory, monkeypatch):
     monkeypatch.syspath_prepend(HERE)
@@ -95,7 +92,7 @@ def test_one_epoch_agrees_on_all_three_backends(factory, monkeypatch):
     assert losses[-1] < losses[0]  # it trained: the agreement is not between constants
 
 
-@cross_backend
+@every_backend()
 def test_cli_names_the_planted_layer_and_exits_1():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)]))
     proc = subprocess.run([sys.executable, "-m", "loops.parity", "_parity_cases:planted_mlp",
